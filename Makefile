@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine with Python 3.11 and pip: `make run`, `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-quick profile install clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch and the project in one pip call, so pip resolves the CPU wheel pinned in pyproject.toml.
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet torch==2.13.0 -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/harness profile studies/table1.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+profile: $(STAMP)
+	$(BIN)/harness profile studies/table1.yaml --format md
+
+clean:
+	rm -rf $(VENV) work

@@ -1,0 +1,1 @@
+"""Harness: profile, train, search and tabulate spatio-temporal blocks."""

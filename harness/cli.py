@@ -1,0 +1,123 @@
+"""The ``harness`` command: parse, call one function, exit with its code.
+
+Heavy modules (torch, Ray, MLflow) are imported only by the sub-command that
+needs them, so ``harness --help`` and config errors answer in a second.
+Exit codes: 0 ok, 1 the work ran and failed, 2 unusable input.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+
+def _add_profile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="params and FLOPs of every row of a study on the paper backbone (no data needed)",
+        description="Profile every row of a study on the paper backbone with fvcore "
+        "(one multiply-add = one FLOP, per clip of T frames, batch 1).",
+    )
+    p.add_argument("study", help="study YAML, e.g. studies/table1.yaml")
+    p.add_argument("--frames", type=int, default=8, help="frames per clip T (default 8)")
+    p.add_argument("--size", type=int, nargs="+", default=[112, 224], help="input sides (default 112 224)")
+    p.add_argument("--format", choices=["md", "csv", "json"], default="md")
+    p.set_defaults(target="harness.profile:main")
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="inspect a dataset or write the synthetic one")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+
+    i = dsub.add_parser("inspect", help="open every entry of a split and report what is readable")
+    i.add_argument("--format", required=True, choices=["sthv1", "sthv2", "k400", "diving48", "list"])
+    i.add_argument("--root", required=True, help="folder of videos or frame folders")
+    i.add_argument("--annotations", required=True, help="folder holding the annotation files")
+    i.add_argument("--split", choices=["train", "val"], default="val")
+    i.add_argument("--max-bad-fraction", type=float, default=0.01)
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.set_defaults(target="harness.data.inspect:main")
+
+    s = dsub.add_parser("synth", help="write the reversal-paired synthetic set (Something-Something v2 layout)")
+    s.add_argument("out_dir")
+    s.add_argument("--videos", type=int, default=2000)
+    s.add_argument("--frames", type=int, default=16)
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--val-fraction", type=float, default=0.25, help="share of clips in validation.json (default 0.25)")
+    s.set_defaults(target="harness.data.synth:main")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train and evaluate one configuration without Ray")
+    p.add_argument("config", help="train YAML, e.g. studies/smoke.yaml")
+    p.add_argument("--out", default=None, help="output folder (default work/train/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--evaluate", metavar="CKPT", default=None,
+                   help="no training: evaluate CKPT on the val split, write OUT/eval.json")
+    p.add_argument("--clips", type=int, default=None, help="with --evaluate: clips per video (data.test_clips)")
+    p.add_argument("--crops", type=int, choices=[1, 3, 5, 10], default=None,
+                   help="with --evaluate: crops per clip (data.test_crops)")
+    p.set_defaults(target="harness.train:main")
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="every row x seed of a study as a Ray Tune trial, tracked in MLflow, then tables",
+                       description="Run a study: each row x seed is a Ray Tune trial; metrics go to MLflow "
+                       "(MLFLOW_TRACKING_URI, default sqlite:///<abs>/work/mlflow.db); tables and a plot are "
+                       "rebuilt from MLflow into results/.")
+    p.add_argument("study", help="study YAML, e.g. studies/table1.yaml")
+    p.add_argument("--profile", default="laptop", help="profile of the study (default laptop)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per row (default: the profile's)")
+    p.add_argument("--address", default=None, help="existing Ray cluster (default RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="trials at once (default: as many as the cluster's resources fit)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the latest run of this study and profile (same MLflow parent run)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate, profile and print the trial plan; starts no Ray, writes nothing")
+    p.set_defaults(target="harness.run:main")
+
+
+def _add_tables(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tables", help="rebuild a study's tables and plot from MLflow alone")
+    p.add_argument("study", help="study YAML, e.g. studies/table1.yaml")
+    p.add_argument("--profile", default="laptop", help="profile of the study (default laptop)")
+    p.add_argument("--out", default="results", help="output folder (default results)")
+    p.set_defaults(target="harness.tables:main")
+
+
+def _add_ui(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ui", help="serve the MLflow UI for the project's tracking store")
+    p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    p.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1; others expose the runs)")
+    p.add_argument("--study", default=None, help="print only this study's runs page")
+    p.set_defaults(target="harness.ui:main")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Which spatio-temporal block is worth its FLOPs: profile, train and "
+        "tabulate the blocks of the Perceptron Synthesis Network paper (arXiv 2007.11460).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_profile, _add_data, _add_train, _add_run, _add_tables, _add_ui):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    module, func = args.target.split(":")
+    return int(getattr(importlib.import_module(module), func)(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

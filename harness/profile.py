@@ -1,0 +1,177 @@
+"""Params and FLOPs of every row of a study, on the paper's backbone; no data, no training.
+
+Convention (printed with every table): fvcore ``FlopCountAnalysis``, one
+multiply-add = one FLOP, per clip of T frames at HxW, batch 1, the model in
+eval mode, ``num_classes`` from the study (174 for Something-Something). Params
+are ``sum(p.numel())`` over the whole model, head included, split into
+backbone, blocks and head.
+
+    harness profile studies/table1.yaml --format md
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+import blocks
+from blocks.fusion import Fusion
+
+from .config import Row, Study, load_study
+
+log = logging.getLogger(__name__)
+
+CONVENTION = ("fvcore FlopCountAnalysis, one multiply-add = one FLOP, per clip of {frames} frames "
+              "at HxW, batch 1, eval mode; params = all parameters incl. the {classes}-class head")
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@lru_cache(maxsize=64)
+def _profile(block: str, options: tuple, backbone: str, num_classes: int, frames: int,
+             sizes: tuple[int, ...]) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = blocks.create(block, backbone=backbone, num_classes=num_classes, num_frames=frames,
+                          **dict(options)).eval()
+    inserted = blocks.block_modules(model)
+    block_params = sum(_count(m) for m in inserted)
+    head = _count(model.fc)
+    fusion_params = sum(_count(m) for m in model.modules() if isinstance(m, Fusion))
+    has_fusion = any(isinstance(m, Fusion) for m in model.modules())
+    gflops, skipped = {}, set()
+    for size in sizes:
+        flops = _flops(model, torch.zeros(1, frames, 3, size, size))
+        gflops[str(size)] = flops.total() / 1e9
+        skipped |= set(flops.unsupported_ops())
+    total = _count(model)
+    return {
+        "params": total,
+        "params_backbone": total - block_params - head,
+        "params_blocks": block_params,
+        "params_head": head,
+        "gflops": gflops,
+        "gflops_per_frame": {k: v / frames for k, v in gflops.items()},
+        "fusion_params": fusion_params if has_fusion else None,
+        "ir_interactions": model.ir_interactions(),
+        "ir_interactions_all": model.ir_interactions(include_diagonal=True),
+        "skipped_ops": sorted(skipped),
+    }
+
+
+def _flops(model: torch.nn.Module, clip: torch.Tensor):
+    from fvcore.nn import FlopCountAnalysis
+
+    analysis = FlopCountAnalysis(model, clip)
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    with torch.no_grad():
+        analysis.total()
+    return analysis
+
+
+def profile_row(row: Row, *, num_classes: int, frames: int = 8,
+                sizes: list[int] | tuple[int, ...] = (112, 224)) -> dict[str, Any]:
+    """Params and GFLOPs of one row on its paper backbone (ResNet-50 unless the row says 101)."""
+    options = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in row.options.items()))
+    result = _profile(row.block, options, row.backbone, num_classes, frames, tuple(sizes))
+    return {**result, "gflops": dict(result["gflops"])}
+
+
+def profile_study(study: Study, *, frames: int = 8, sizes: list[int] = (112, 224)) -> list[dict]:
+    out = []
+    for name, row in study.rows.items():
+        start = time.perf_counter()
+        prof = profile_row(row, num_classes=study.num_classes, frames=frames, sizes=sizes)
+        log.info("profiled %-20s in %.1f s", name, time.perf_counter() - start)
+        out.append({"row": name, "block": row.block, "backbone": row.backbone, **prof})
+    return out
+
+
+def paper_figures(study: Study) -> pd.DataFrame | None:
+    """The paper's figures for the study's rows (results/paper/*.csv), indexed by row."""
+    if not study.paper or not Path(study.paper).exists():
+        return None
+    return pd.read_csv(study.paper, dtype={"row": str}).set_index("row")
+
+
+def to_frame(profiles: list[dict], paper: pd.DataFrame | None, sizes: list[int]) -> pd.DataFrame:
+    """One row per study row: measured figures, each next to the paper's where it gives one."""
+    rows = []
+    for p in profiles:
+        ref = paper.loc[p["row"]] if paper is not None and p["row"] in paper.index else {}
+        r = {"row": p["row"], "block": p["block"], "params": p["params"],
+             "params_m": round(p["params"] / 1e6, 2), "paper_params_m": ref.get("paper_params_m")}
+        r["delta_params_m"] = _delta(r["params_m"], r["paper_params_m"])
+        for s in sizes:
+            r[f"gflops_{s}"] = round(p["gflops"][str(s)], 3)
+            r[f"paper_gflops_{s}"] = ref.get(f"paper_gflops_{s}")
+            r[f"delta_gflops_{s}_pct"] = _delta(r[f"gflops_{s}"], r[f"paper_gflops_{s}"], percent=True)
+        r.update({"fusion_params": p["fusion_params"], "paper_fusion_params_m": ref.get("paper_fusion_params_m"),
+                  "ir_interactions": p["ir_interactions"], "ir_interactions_all": p["ir_interactions_all"],
+                  "paper_ir_interactions": ref.get("paper_ir_interactions"),
+                  "params_backbone": p["params_backbone"], "params_blocks": p["params_blocks"],
+                  "params_head": p["params_head"]})
+        for s in sizes:
+            r[f"gflops_per_frame_{s}"] = round(p["gflops_per_frame"][str(s)], 4)
+        rows.append(r)
+    return pd.DataFrame(rows).dropna(axis=1, how="all")
+
+
+def _delta(ours: float, paper: Any, percent: bool = False) -> float | None:
+    try:
+        ref = float(paper)
+    except (TypeError, ValueError):
+        return None  # the paper gives no figure, or a bound such as "<1856"
+    if pd.isna(ref):
+        return None
+    return round(100 * (ours - ref) / ref, 1) if percent else round(ours - ref, 2)
+
+
+SPLIT = ("params_backbone", "params_blocks", "params_head")
+
+
+def to_markdown(frame: pd.DataFrame, skipped: list[str], frames: int, classes: int) -> str:
+    main_cols = [c for c in frame.columns if c not in SPLIT and not c.startswith("gflops_per_frame")]
+    split_cols = ["row", *[c for c in frame.columns if c in SPLIT or c.startswith("gflops_per_frame")]]
+    lines = [CONVENTION.format(frames=frames, classes=classes) + ".", "",
+             frame[main_cols].astype(object).where(frame[main_cols].notna(), "").to_markdown(index=False),
+             "", "Params split (backbone + blocks + head = params) and GFLOPs per frame:", "",
+             frame[split_cols].to_markdown(index=False), "",
+             "params_m is rounded once to 2 decimals (the paper's 23.87M for TSN is fvcore's '23.865M' "
+             "rounded twice). ir_interactions sums i != j, ir_interactions_all includes i = j "
+             "(blocks/fusion.py). Paper figures: " + "results/paper/; deltas are ours minus the paper's.",
+             f"Ops fvcore counts as zero (no FLOP handle): {', '.join(skipped) or 'none'}."]
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    from .errors import fail_config
+
+    try:
+        study = load_study(args.study)
+    except Exception as exc:  # noqa: BLE001 - every config error becomes one line
+        return fail_config(args.study, exc)
+    start = time.perf_counter()
+    profiles = profile_study(study, frames=args.frames, sizes=args.size)
+    log.info("profiled %d rows in %.1f s", len(profiles), time.perf_counter() - start)
+    if args.format == "json":
+        json.dump(profiles, sys.stdout, indent=1)
+        print()
+        return 0
+    frame = to_frame(profiles, paper_figures(study), args.size)
+    if args.format == "csv":
+        print(frame.to_csv(index=False), end="")
+        return 0
+    skipped = sorted({op for p in profiles for op in p["skipped_ops"]})
+    print(f"# {study.name}: params and GFLOPs on the paper backbone\n")
+    print(to_markdown(frame, skipped, args.frames, study.num_classes))
+    return 0
