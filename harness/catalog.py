@@ -1,0 +1,63 @@
+"""``harness blocks``: every available block, where it comes from, its options.
+
+Options, their types and defaults are read from each block's constructor
+signature (plus the factory's placement options), never from a hand-kept list;
+plugin blocks installed through the ``harness.blocks`` entry point appear too.
+
+    harness blocks --format md --profile
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import pandas as pd
+
+import blocks
+
+
+def describe(name: str) -> dict[str, Any]:
+    defaults, types = blocks.options(name), blocks.option_types(name)
+    cls = blocks.get(name)
+    return {
+        "block": name,
+        "origin": blocks.origin(name),
+        "placement": cls.placement,
+        "summary": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+        "options": [{"name": k, "type": types[k], "default": _jsonable(v)} for k, v in defaults.items()],
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def catalog(with_profile: bool = False) -> list[dict[str, Any]]:
+    entries = [describe(name) for name in blocks.available()]
+    if with_profile:
+        from .config import Row
+        from .profile import profile_row
+
+        for entry in entries:
+            prof = profile_row(Row(block=entry["block"]), num_classes=174, frames=8, sizes=[112])
+            entry["params"] = prof["params"]
+            entry["gflops_8x112"] = round(prof["gflops"]["112"], 3)
+    return entries
+
+
+def main(args) -> int:
+    entries = catalog(args.profile)
+    if args.format == "json":
+        json.dump(entries, sys.stdout, indent=1)
+        print()
+        return 0
+    table = pd.DataFrame([{
+        "block": e["block"], "from": e["origin"], "placement": e["placement"],
+        "options": ", ".join(f"{o['name']}={o['default']!r}" for o in e["options"]) or "-",
+        **({"params": e["params"], "GFLOPs 8x112": e["gflops_8x112"]} if args.profile else {}),
+    } for e in entries])
+    print(table.to_markdown(index=False))
+    if args.profile:
+        print("\nParams and GFLOPs on ResNet-50, 174 classes, 8 frames at 112x112 (fvcore, 1 multiply-add = 1 FLOP).")
+    return 0
