@@ -16,16 +16,14 @@ from torch import nn
 from .registry import register
 
 
-def temporal_shift(x: torch.Tensor, num_frames: int, fold_div: int = 8) -> torch.Tensor:
-    """Shift (N*T, C, H, W): channels [0, f) from t+1, [f, 2f) from t-1, rest unchanged."""
-    nt, c, h, w = x.shape
-    v = x.view(nt // num_frames, num_frames, c, h, w)
-    fold = c // fold_div
-    zeros = v.new_zeros(v.shape[0], 1, fold, h, w)
+def temporal_shift(x: torch.Tensor, num_frames: int, fold: int) -> torch.Tensor:
+    """Shift (N*T, C, H, W): channels [0, fold) from t+1, [fold, 2 fold) from t-1, rest unchanged."""
+    v = x.unflatten(0, (-1, num_frames))  # (N, T, C, H, W)
+    zeros = torch.zeros_like(v[:, :1, :fold])
     # One cat per direction; the untouched channels are a view, copied once by the final cat.
     left = torch.cat([v[:, 1:, :fold], zeros], dim=1)
     right = torch.cat([zeros, v[:, :-1, fold:2 * fold]], dim=1)
-    return torch.cat([left, right, v[:, :, 2 * fold:]], dim=2).view(nt, c, h, w)
+    return torch.cat([left, right, v[:, :, 2 * fold:]], dim=2).flatten(0, 1)
 
 
 @register("tsm")
@@ -45,7 +43,7 @@ class TemporalShift(nn.Module):
         if fold_div < 2:
             raise ValueError(f"tsm fold_div must be >= 2, got {fold_div}")
         self.num_frames = num_frames
-        self.fold_div = fold_div
+        self.fold = channels // fold_div  # a constant, so tracing (fvcore) sees no size arithmetic
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return temporal_shift(x, self.num_frames, self.fold_div)
+        return temporal_shift(x, self.num_frames, self.fold)

@@ -15,7 +15,7 @@ TINY = {"arch": "tiny", "width": 4, "depths": [1, 1, 1, 1]}
 def test_tsm_shift_moves_one_eighth_each_way_with_zero_ends():
     n, t, c = 2, 4, 16
     x = torch.arange(n * t * c, dtype=torch.float).view(n * t, c, 1, 1) + 1  # no zeros in the input
-    y = temporal_shift(x, num_frames=t, fold_div=8).view(n, t, c)
+    y = temporal_shift(x, num_frames=t, fold=c // 8).view(n, t, c)
     v = x.view(n, t, c)
     # channels [0, 2): frame t takes frame t+1; the last frame is zero
     assert torch.equal(y[:, :-1, 0:2], v[:, 1:, 0:2]) and (y[:, -1, 0:2] == 0).all()
@@ -29,7 +29,7 @@ def test_tsm_shift_is_on_the_residual_branch_only():
     torch.manual_seed(0)
     block = Bottleneck(16, 4, temporal=TemporalShift(channels=16, num_frames=4)).eval()
     x = torch.randn(8, 16, 3, 3)
-    shifted = temporal_shift(x, 4)
+    shifted = temporal_shift(x, 4, fold=2)
     residual = block.bn3(block.conv3(block.relu(block.bn2(block.conv2(
         block.relu(block.bn1(block.conv1(shifted))))))))
     assert torch.allclose(block(x), torch.relu(residual + x), atol=1e-6)  # identity path: unshifted x
