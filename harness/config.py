@@ -104,6 +104,16 @@ class Recipe(Strict):
     beta: float = Field(0.001, ge=0)  # weight of L_capacity (Eq. 3)
     tsm_param_groups: bool = False
     threads: int = Field(1, ge=1)
+    # The batch the lr was chosen for; with scale_lr the lr follows batch_size linearly.
+    reference_batch: int | None = Field(None, ge=1)
+    scale_lr: bool = True
+
+    @property
+    def effective_lr(self) -> float:
+        """lr after linear scaling to batch_size (TSM #96: batch 20 at the batch-64 lr lost 4 points)."""
+        if self.scale_lr and self.reference_batch:
+            return self.lr * self.batch_size / self.reference_batch
+        return self.lr
 
 
 class Resources(Strict):
@@ -139,12 +149,27 @@ class Row(Strict):
         return self
 
 
+SOURCES = ("paper", "reference-code", "assumed")
+
+
 class Profile(Strict):
     backbone: Backbone
     data: Data
     recipe: Recipe = Recipe()
     seeds: int = Field(1, ge=1)
     resources: Resources = Resources()
+    # Where each recipe value comes from: "paper: <section or table>", "reference-code: <repo>" or "assumed: <why>".
+    provenance: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("provenance")
+    @classmethod
+    def _known_sources(cls, provenance: dict[str, str]) -> dict[str, str]:
+        for key, source in provenance.items():
+            if key not in Recipe.model_fields:
+                raise ValueError(f"provenance names {key!r}, which is not a recipe key")
+            if source.split(":")[0].strip() not in SOURCES:
+                raise ValueError(f"provenance of {key!r} must start with one of {', '.join(SOURCES)}, got {source!r}")
+        return provenance
 
 
 class Study(Strict):
@@ -161,6 +186,16 @@ class Study(Strict):
         if not rows:
             raise ValueError("a study needs at least one row")
         return rows
+
+    @model_validator(mode="after")
+    def _paper_recipe_is_traceable(self) -> "Study":
+        paper = self.profiles.get("paper")
+        if paper is not None:
+            missing = [k for k in Recipe.model_fields if k not in paper.provenance]
+            if missing:
+                raise ValueError(f"profiles.paper.provenance: say where each recipe value comes from; "
+                                 f"missing: {', '.join(missing)}")
+        return self
 
 
 class TrainConfig(Strict):
