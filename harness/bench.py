@@ -13,6 +13,7 @@ import json
 import logging
 import platform
 import sys
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -119,9 +120,72 @@ def _print(rows: list[dict], fmt: str, title: str) -> None:
     print(pd.DataFrame(rows).round(3).to_markdown(index=False))
 
 
+def loader_rate(data, *, workers: int, batch_size: int, batches: int, seed: int = 0) -> float:
+    """Training-loader clips/s: decode, sample, augment and collate, nothing else."""
+    from .data import build_loader
+
+    loader, _ = build_loader(data.model_copy(update={"workers": workers}), "train",
+                             batch_size=batch_size, seed=seed, train=True)
+    it = iter(loader)
+    next(it)  # worker start-up and first decode are not throughput
+    start, clips = time.perf_counter(), 0
+    for _ in range(batches):
+        try:
+            clips += len(next(it)[1])
+        except StopIteration:
+            it = iter(loader)
+    return clips / (time.perf_counter() - start)
+
+
+def model_rate(cfg, *, batch_size: int, steps: int) -> float:
+    """Training clips/s of the profile's model on in-memory clips (forward, backward, SGD step)."""
+    torch.set_num_threads(cfg.recipe.threads)
+    model = blocks.create(cfg.row.block, backbone=cfg.backbone.create_kwargs(), num_classes=10,
+                          num_frames=cfg.data.frames, **cfg.row.options).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    clips = torch.randn(batch_size, cfg.data.frames, 3, cfg.data.size, cfg.data.size)
+    labels = torch.randint(0, 10, (batch_size,))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(clips), labels).backward()
+        opt.step()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def bench_data(study_path: str, *, profile: str = "laptop", row: str | None = None,
+               workers: tuple[int, ...] = (0, 1, 2), batches: int = 20, steps: int = 10) -> list[dict]:
+    """Loader clips/s with 0, 1, 2 workers next to the laptop model's training clips/s."""
+    from .config import trial_config
+    from .data import ensure_synth
+
+    study = load_study(study_path)
+    cfg = trial_config(study, profile, row or next(iter(study.rows)), seed=0)
+    if cfg.data.format == "synth":
+        ensure_synth(cfg.data)
+    batch = cfg.recipe.batch_size
+    model = model_rate(cfg, batch_size=batch, steps=steps)
+    out = [{"what": f"model {cfg.row.block} train step ({cfg.recipe.threads} thread(s))",
+            "clips_per_s": model, "ratio_to_model": 1.0}]
+    for w in workers:
+        rate = loader_rate(cfg.data, workers=w, batch_size=batch, batches=batches)
+        out.append({"what": f"loader, {w} worker(s)", "clips_per_s": rate, "ratio_to_model": rate / model})
+    return out
+
+
 def main(args) -> int:
     if args.bench_command == "blocks":
         return _main_blocks(args)
+    if args.bench_command == "data":
+        rows = bench_data(args.study, profile=args.profile, batches=args.batches, steps=args.steps)
+        _print(rows, args.format, f"Training loader vs model, {args.study} ({args.profile} profile), "
+               f"{machine()}; goal: loader >= 1.5x model.")
+        return 0
     raise SystemExit(f"unknown bench {args.bench_command}")
 
 

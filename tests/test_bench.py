@@ -33,3 +33,17 @@ def test_saved_activation_bytes_counts_what_backward_keeps():
     # matmul keeps x (to get w's gradient; w itself is not needed since x needs no gradient),
     # relu keeps its 10 x 100 output: two float32 tensors of 1000 elements
     assert total[0] == 2 * 10 * 100 * 4
+
+
+def test_bench_data_smoke(tmp_path, capsys):
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        "name: s\nprofiles:\n  laptop:\n    backbone: {arch: tiny, width: 4}\n"
+        f"    data: {{format: synth, root: {tmp_path / 'synth'}, frames: 4, size: 16, scale_size: 18,\n"
+        "           synth: {videos: 20, frames: 8, size: 32}}\n"
+        "    recipe: {batch_size: 4}\nrows:\n  TSN: {block: tsn}\n")
+    assert main(["bench", "data", "--study", str(study), "--batches", "2", "--steps", "1",
+                 "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["what"].split(",")[0] for r in rows] == ["model tsn train step (1 thread(s))"] + ["loader"] * 3
+    assert all(r["clips_per_s"] > 0 for r in rows) and rows[0]["ratio_to_model"] == 1.0
