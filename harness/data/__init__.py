@@ -8,7 +8,8 @@ The trainer's two calls::
 Modules, one concern each: ``formats`` (annotation readers), ``sampling``
 (TSN / TSM frame indices), ``video`` (decord / Pillow decoding), ``transforms``
 (batched uint8 clip transforms), ``dataset`` (Dataset, sampler, loader),
-``synth`` (the reversal-paired synthetic set), ``inspect`` (``harness data inspect``).
+``synth`` (the reversal-paired synthetic set), ``inspect`` (``harness data inspect``),
+``fingerprint`` (``harness data fingerprint``).
 
 Names are imported lazily so that ``harness data synth`` and the synth pool
 workers do not pay for importing torch.

@@ -107,16 +107,19 @@ class ClipDataset(Dataset):
         clips, crops: test views (eval only); items are ``(clips * crops, T, 3, S, S)``.
         max_bad_fraction: unreadable share of the split that stops the run.
         split: name used in messages.
+        with_index: items are ``(clip, label, entry index)``, the index of the entry actually read
+            (a bad entry's replacement), so an evaluator can map predictions back to entries.
     """
 
     def __init__(self, entries: list[Entry], *, frames: int, train: bool, resize_to: int, size: int,
                  flip: bool = False, swap: dict[int, int] | None = None, clips: int = 1, crops: int = 1,
-                 max_bad_fraction: float = 0.01, split: str = "train"):
+                 max_bad_fraction: float = 0.01, split: str = "train", with_index: bool = False):
         if not entries:
             raise DataError(f"the {split} split has no entries")
         self.entries = entries
         self.frames, self.train, self.resize_to, self.size = frames, train, resize_to, size
         self.flip, self.swap, self.clips, self.crops = flip, dict(swap or {}), clips, crops
+        self.with_index = with_index
         self.bad = BadEntries(entries, max_bad_fraction, split)
         self._mark_missing()
 
@@ -141,7 +144,8 @@ class ClipDataset(Dataset):
             if i in self.bad:
                 continue
             try:
-                return self._load(self.entries[i], rng)
+                item = self._load(self.entries[i], rng)
+                return (*item, i) if self.with_index else item
             except UnreadableError as e:
                 self.bad.mark(i, str(e))
             except (ValueError, OSError, RuntimeError) as e:  # odd content (frame sizes, modes): still one file
@@ -157,7 +161,7 @@ class ClipDataset(Dataset):
             frames = clip.get(train_indices(clip.num_frames, self.frames, rng))
             return train_clip(frames, entry.label, resize_to=self.resize_to, size=self.size,
                               flip=self.flip, swap=self.swap, rng=rng)
-        idx = clip_indices(clip.num_frames, self.frames, self.clips)
+        idx = clip_indices(clip.num_frames, self.frames, self.clips, where=str(entry.path))
         frames = clip.get(idx.reshape(-1))  # one get_batch for all views
         views = [eval_clip(f, resize_to=self.resize_to, size=self.size, crops=self.crops)
                  for f in frames.reshape(self.clips, self.frames, *frames.shape[1:])]
@@ -234,7 +238,7 @@ def dataset_paths(data: Data) -> tuple[str, Path, Path]:
     return data.format, root, Path(data.annotations) if data.annotations else root
 
 
-def build_dataset(data: Data, split: str, *, train: bool) -> tuple[ClipDataset, list[str]]:
+def build_dataset(data: Data, split: str, *, train: bool, with_index: bool = False) -> tuple[ClipDataset, list[str]]:
     fmt, root, ann = dataset_paths(data)
     result = read_split(fmt, root, ann, split)
     entries = result.entries
@@ -247,12 +251,13 @@ def build_dataset(data: Data, split: str, *, train: bool) -> tuple[ClipDataset, 
     dataset = ClipDataset(
         entries, frames=data.frames, train=train, resize_to=data.resize, size=data.size,
         flip=data.flip and train, swap=flip_swap(data, result.classes), clips=data.test_clips,
-        crops=data.test_crops, max_bad_fraction=data.max_bad_fraction, split=split,
+        crops=data.test_crops, max_bad_fraction=data.max_bad_fraction, split=split, with_index=with_index,
     )
     return dataset, result.classes
 
 
-def build_loader(data: Data, split: str, *, batch_size: int, seed: int, train: bool) -> tuple[DataLoader, list[str]]:
+def build_loader(data: Data, split: str, *, batch_size: int, seed: int, train: bool,
+                 with_index: bool = False) -> tuple[DataLoader, list[str]]:
     """A DataLoader over one split, and the class names in the owners' order.
 
     Args:
@@ -262,8 +267,9 @@ def build_loader(data: Data, split: str, *, batch_size: int, seed: int, train: b
         seed: fixes order, frame offsets, crops and flips (for any worker count).
         train: training sampling and augmentation, shuffled, last partial batch dropped;
             else middle frames, fixed crops, ``test_clips * test_crops`` views, in file order.
+        with_index: batches are ``(clips, labels, entry indices)`` (see :class:`ClipDataset`).
     """
-    dataset, classes = build_dataset(data, split, train=train)
+    dataset, classes = build_dataset(data, split, train=train, with_index=with_index)
     workers = data.workers
     if workers == 0 and (data.persistent_workers or data.prefetch_factor is not None):
         log.info("workers=0: persistent_workers and prefetch_factor have no effect")

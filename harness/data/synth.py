@@ -3,6 +3,7 @@
 ::
 
     harness data synth work/synth --videos 2000 --frames 16 --size 64 --seed 0
+    harness data synth work/synth-shift --train-size 0.19 0.25 --train-speed 0.031 0.044   # scale shift
 
 writes ``labels.json``, ``train.json``, ``validation.json`` and
 ``videos/<id>.webm`` (VP9 4:4:4, 12 fps, ~6 KB a clip at 16 x 64 x 64), read back by the sthv2 reader.
@@ -320,15 +321,15 @@ def _worker_main() -> None:
     json.dump(_write_range(**job), sys.stdout)
 
 
-def _render_all(videos_dir: Path, seed: int, count: int, processes: int, kwargs: dict) -> list[dict]:
-    """Encode in fresh Python processes, even for one.
+def _render_all(videos_dir: Path, seed: int, start: int, stop: int, processes: int, kwargs: dict) -> list[dict]:
+    """Render clips ``start..stop-1``; encode in fresh Python processes, even for one.
 
     Fresh, because a process that has loaded decord cannot encode VP9 with
     PyAV (see ``video.py``); plain subprocesses rather than a
     ``multiprocessing`` pool, because spawn re-runs an unguarded ``__main__``
     script in every child and fork is unsafe under torch / Ray threads.
     """
-    bounds = np.linspace(0, count, processes + 1).round().astype(int)
+    bounds = np.linspace(start, stop, processes + 1).round().astype(int)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(Path(__file__).resolve().parents[2])] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     code = "from harness.data.synth import _worker_main; _worker_main()"
@@ -355,11 +356,16 @@ def _render_all(videos_dir: Path, seed: int, count: int, processes: int, kwargs:
 
 def generate(out_dir: str | Path, *, videos: int = 2000, frames: int = 16, size: int = 64, seed: int = 0,
              val_fraction: float = 0.25, size_range: tuple[float, float] = SIZE_RANGE,
-             speed_range: tuple[float, float] = SPEED_RANGE, processes: int | None = None) -> Path:
+             speed_range: tuple[float, float] = SPEED_RANGE, val_size_range: tuple[float, float] | None = None,
+             val_speed_range: tuple[float, float] | None = None, processes: int | None = None) -> Path:
     """Write the set into ``out_dir`` (which must not hold anything else); no caching, no lock.
 
     Validation takes the first ``round(videos * val_fraction)`` ids (at least
     one; ids cycle through the classes, so both splits are balanced).
+    ``size_range`` / ``speed_range`` are the train split's; the val split
+    draws from ``val_*_range`` (default: the train ranges), so a probe can
+    test outside the training scales. With equal ranges the set is the one
+    made before per-split ranges existed, byte for byte.
     """
     if videos < 2:
         raise ValueError(f"synth needs at least 2 videos (one per split), got {videos}")
@@ -367,9 +373,17 @@ def generate(out_dir: str | Path, *, videos: int = 2000, frames: int = 16, size:
     (out / "videos").mkdir(parents=True, exist_ok=True)
     processes = max(1, min(processes or (min(2, os.cpu_count() or 1) if videos >= 200 else 1), videos))
     kwargs = {"frames": frames, "size": size, "size_range": tuple(size_range), "speed_range": tuple(speed_range)}
+    val_kwargs = {**kwargs, "size_range": tuple(val_size_range or size_range),
+                  "speed_range": tuple(val_speed_range or speed_range)}
     start = time.perf_counter()
-    entries = _render_all(out / "videos", seed, videos, processes, kwargs)
     n_val = min(max(1, round(videos * val_fraction)), videos - 1)
+    if val_kwargs == kwargs:
+        entries = _render_all(out / "videos", seed, 0, videos, processes, kwargs)
+    else:
+        entries = (_render_all(out / "videos", seed, 0, n_val, min(processes, n_val), val_kwargs)
+                   + _render_all(out / "videos", seed, n_val, videos, min(processes, videos - n_val), kwargs))
+    _warn_capped(entries[:n_val], val_kwargs["speed_range"], "val")
+    _warn_capped(entries[n_val:], kwargs["speed_range"], "train")
     (out / "labels.json").write_text(json.dumps({c: str(i) for i, c in enumerate(CLASSES)}, indent=1))
     (out / "validation.json").write_text(json.dumps(entries[:n_val], indent=1))
     (out / "train.json").write_text(json.dumps(entries[n_val:], indent=1))
@@ -378,10 +392,33 @@ def generate(out_dir: str | Path, *, videos: int = 2000, frames: int = 16, size:
     return out
 
 
+def _warn_capped(entries: list[dict], speed_range: tuple[float, float], split: str) -> None:
+    """Say when realised speeds leave the asked range: rotation and approach cap their rate (MAX_TURN,
+    MAX_ZOOM_RATE), so a small object asked to be fast is recorded, and bucketed, slower."""
+    below = [e for e in entries if e["speed"] < speed_range[0] - 1e-4]
+    if below:
+        log.warning("synth %s: %d of %d clips move slower than the asked speed range %s (rotation / approach "
+                    "rate capped for small objects), e.g. clip %s at %.4f; their `speed` key says so",
+                    split, len(below), len(entries), list(speed_range), below[0]["id"], below[0]["speed"])
+
+
 def _params(videos: int, frames: int, size: int, seed: int, val_fraction: float,
-            size_range: tuple[float, float], speed_range: tuple[float, float]) -> dict:
-    return {"version": SYNTH_VERSION, "videos": videos, "frames": frames, "size": size, "seed": seed,
-            "val_fraction": val_fraction, "size_range": list(size_range), "speed_range": list(speed_range)}
+            size_range: tuple[float, float], speed_range: tuple[float, float],
+            val_size_range: tuple[float, float] | None = None,
+            val_speed_range: tuple[float, float] | None = None) -> dict:
+    """The marker: every parameter the files depend on.
+
+    The val ranges appear only when they differ from the train ranges, so a
+    set made before per-split ranges existed keeps its marker and is reused
+    (the files are the same), rather than regenerated under running trials.
+    """
+    params = {"version": SYNTH_VERSION, "videos": videos, "frames": frames, "size": size, "seed": seed,
+              "val_fraction": val_fraction, "size_range": list(size_range), "speed_range": list(speed_range)}
+    for key, value, train in (("val_size_range", val_size_range, size_range),
+                              ("val_speed_range", val_speed_range, speed_range)):
+        if value is not None and list(value) != list(train):
+            params[key] = list(value)
+    return params
 
 
 def _marker(root: Path) -> dict | None:
@@ -393,7 +430,8 @@ def _marker(root: Path) -> dict | None:
 
 def ensure_at(root: str | Path, *, videos: int = 2000, frames: int = 16, size: int = 64, seed: int = 0,
               val_fraction: float = 0.25, size_range: tuple[float, float] = SIZE_RANGE,
-              speed_range: tuple[float, float] = SPEED_RANGE, processes: int | None = None) -> Path:
+              speed_range: tuple[float, float] = SPEED_RANGE, val_size_range: tuple[float, float] | None = None,
+              val_speed_range: tuple[float, float] | None = None, processes: int | None = None) -> Path:
     """The synth set at ``root``, generated once: reused when its marker matches the parameters.
 
     Concurrent callers serialise on ``.<root name>.lock`` beside ``root``; the
@@ -402,7 +440,8 @@ def ensure_at(root: str | Path, *, videos: int = 2000, frames: int = 16, size: i
     replaced; any other non-empty folder is refused.
     """
     root = Path(root).absolute()
-    params = _params(videos, frames, size, seed, val_fraction, size_range, speed_range)
+    params = _params(videos, frames, size, seed, val_fraction, size_range, speed_range,
+                     val_size_range, val_speed_range)
     if _marker(root) == params:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -442,7 +481,8 @@ def ensure_synth(data) -> Path:
 
     cfg = data.synth or Synth()
     return ensure_at(data.root, videos=cfg.videos, frames=cfg.frames, size=cfg.size, seed=cfg.seed,
-                     val_fraction=cfg.val_fraction)
+                     val_fraction=cfg.val_fraction, size_range=cfg.train_size, speed_range=cfg.train_speed,
+                     val_size_range=cfg.val_size, val_speed_range=cfg.val_speed)
 
 
 def main(args) -> int:
@@ -452,13 +492,20 @@ def main(args) -> int:
                 (("videos", args.videos, 2), ("frames", args.frames, 2), ("size", args.size, 16)) if v < lo]
     if not 0 < val_fraction < 1:
         problems.append("--val-fraction must be between 0 and 1")
+    ranges = {flag: tuple(getattr(args, flag.replace("-", "_"), None) or default) for flag, default in
+              (("train-size", SIZE_RANGE), ("train-speed", SPEED_RANGE), ("val-size", SIZE_RANGE),
+               ("val-speed", SPEED_RANGE))}
+    problems += [f"--{flag} MIN MAX needs 0 < MIN <= MAX <= {1 if flag.endswith('size') else 0.5}, got {list(r)}"
+                 for flag, r in ranges.items() if not 0 < r[0] <= r[1] <= (1 if flag.endswith("size") else 0.5)]
     if problems:
         print(f"error: {'; '.join(problems)}", file=sys.stderr)
         return 2
     start = time.perf_counter()
     try:
         root = ensure_at(args.out_dir, videos=args.videos, frames=args.frames, size=args.size,
-                         seed=args.seed, val_fraction=val_fraction)
+                         seed=args.seed, val_fraction=val_fraction, size_range=ranges["train-size"],
+                         speed_range=ranges["train-speed"], val_size_range=ranges["val-size"],
+                         val_speed_range=ranges["val-speed"])
     except (FileExistsError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
