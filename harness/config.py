@@ -29,6 +29,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from harness.data.synth import SIZE_RANGE, SPEED_RANGE  # the generator owns its full ranges
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
@@ -54,14 +56,55 @@ class Backbone(Strict):
         return {"arch": self.arch}
 
 
+Range = tuple[float, float]  # [min, max]
+
+
+def _check_range(name: str, r: Range, upper: float) -> Range:
+    if not 0 < r[0] <= r[1] <= upper:
+        raise ValueError(f"{name} must be [min, max] with 0 < min <= max <= {upper:g}, got {list(r)}")
+    return r
+
+
 class Synth(Strict):
-    """Synthetic reversal-paired video set (laptop profile), generated on first use."""
+    """Synthetic reversal-paired video set (laptop profile), generated on first use.
+
+    ``*_size`` (object side / frame side) and ``*_speed`` (displacement per
+    frame / frame side) are the ranges each split draws from; they differ
+    between train and val in a scale-shift probe. The defaults are the
+    generator's full ranges.
+    """
 
     videos: int = Field(400, ge=2)
     frames: int = Field(16, ge=2)
     size: int = Field(64, ge=16)
     seed: int = 0
     val_fraction: float = Field(0.25, gt=0, lt=1)
+    train_size: Range = SIZE_RANGE
+    train_speed: Range = SPEED_RANGE
+    val_size: Range = SIZE_RANGE
+    val_speed: Range = SPEED_RANGE
+
+    @field_validator("train_size", "val_size", "train_speed", "val_speed")
+    @classmethod
+    def _ordered(cls, r: Range, info) -> Range:
+        return _check_range(info.field_name, r, 1.0 if info.field_name.endswith("size") else 0.5)
+
+
+class Buckets(Strict):
+    """Edges [e1, e2] that cut size into small / medium / large and speed into slow / medium / fast.
+
+    Fixed in the study file before any result is seen; the defaults are the
+    thirds of the generator's full ranges (values are compared as ``< e1``,
+    ``< e2``, else the top bucket).
+    """
+
+    size: Range = (0.1867, 0.2533)
+    speed: Range = (0.03, 0.045)
+
+    @field_validator("size", "speed")
+    @classmethod
+    def _ordered(cls, r: Range, info) -> Range:
+        return _check_range(f"buckets.{info.field_name}", r, 1.0)
 
 
 class Data(Strict):
@@ -81,6 +124,15 @@ class Data(Strict):
     prefetch_factor: int | None = None
     max_bad_fraction: float = Field(0.01, ge=0, le=1)
     synth: Synth | None = None
+    # Stratified val top-1 (harness.probe): by the synth size x speed buckets, or by a user CSV clip_id,bucket.
+    buckets: Buckets | None = None
+    bucket_csv: str | None = None
+
+    @model_validator(mode="after")
+    def _one_stratification(self) -> "Data":
+        if self.buckets is not None and self.bucket_csv is not None:
+            raise ValueError("set data.buckets (synth size x speed) or data.bucket_csv (your own buckets), not both")
+        return self
 
     @property
     def resize(self) -> int:
@@ -172,6 +224,34 @@ class Profile(Strict):
         return provenance
 
 
+class Regime(Strict):
+    """One train/test condition of a probe: overrides of the synth ranges per split (unset: the profile's).
+
+    Each regime gets its own synth folder (``<root>-<regime>``), so trials of
+    two regimes never regenerate each other's cached set.
+    """
+
+    description: str = ""
+    train_size: Range | None = None
+    train_speed: Range | None = None
+    val_size: Range | None = None
+    val_speed: Range | None = None
+
+    @field_validator("train_size", "val_size", "train_speed", "val_speed")
+    @classmethod
+    def _ordered(cls, r: Range | None, info) -> Range | None:
+        return None if r is None else _check_range(info.field_name, r, 1.0 if "size" in info.field_name else 0.5)
+
+    def data(self, data: Data, name: str) -> Data:
+        """The profile's ``data`` with this regime's ranges and its own synth root."""
+        if data.format != "synth":
+            raise ValueError(f"regime {name!r} sets synth ranges, but data.format is {data.format!r}; "
+                             "use regimes with the synth laptop profile only")
+        overrides = self.model_dump(exclude={"description"}, exclude_none=True)
+        synth = Synth.model_validate({**(data.synth or Synth()).model_dump(), **overrides})
+        return data.model_copy(update={"root": f"{data.root}-{name}", "synth": synth})
+
+
 class Study(Strict):
     name: str
     kind: Literal["table", "search", "probe"] = "table"
@@ -179,6 +259,8 @@ class Study(Strict):
     num_classes: int = Field(174, ge=2)  # of the paper's dataset; profile uses it
     profiles: dict[Literal["laptop", "paper"], Profile]
     rows: dict[str, Row]
+    # Probe studies: named train/test conditions; the runner will expand rows x regimes x seeds.
+    regimes: dict[str, Regime] | None = None
 
     @field_validator("rows")
     @classmethod
@@ -186,6 +268,17 @@ class Study(Strict):
         if not rows:
             raise ValueError("a study needs at least one row")
         return rows
+
+    @model_validator(mode="after")
+    def _regimes_belong_to_probes(self) -> "Study":
+        if self.regimes is not None and self.kind != "probe":
+            raise ValueError(f"regimes are for kind: probe studies; this study is kind: {self.kind}")
+        if self.regimes is not None and not self.regimes:
+            raise ValueError("regimes is empty: name at least one regime or leave the key out")
+        bad = [n for n in self.regimes or {} if not re.fullmatch(r"[A-Za-z0-9_.-]+", n)]
+        if bad:  # a regime's name becomes part of its synth folder and of MLflow names
+            raise ValueError(f"regime names may hold letters, digits, '_', '-' and '.' only; rename {bad}")
+        return self
 
     @model_validator(mode="after")
     def _paper_recipe_is_traceable(self) -> "Study":

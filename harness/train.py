@@ -54,6 +54,7 @@ Report = Callable[[dict[str, Any], Path], None]
 RESUMABLE_CHANGES = {
     "name", "recipe.epochs", "recipe.threads", "data.workers", "data.pin_memory",
     "data.persistent_workers", "data.prefetch_factor", "data.test_clips", "data.test_crops",
+    "data.buckets", "data.buckets.size", "data.buckets.speed", "data.bucket_csv",  # what is reported, not learned
 }
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -91,6 +92,7 @@ class _Trial:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
+    val_buckets: list[str | None] | None = None  # per val entry, when data asks for stratified metrics
 
 
 # ----------------------------------------------------------------------------- losses
@@ -195,11 +197,13 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def _loaders(cfg: TrainConfig) -> tuple[Any, Any, list[str]]:
+    from harness import probe
     from harness.data import build_loader
 
     kw = dict(batch_size=cfg.recipe.batch_size, seed=cfg.seed)
     train_loader, classes = build_loader(cfg.data, "train", train=True, **kw)
-    val_loader, val_classes = build_loader(cfg.data, "val", train=False, **kw)
+    indexed = {"with_index": True} if probe.enabled(cfg.data) else {}  # entry ids for stratified metrics
+    val_loader, val_classes = build_loader(cfg.data, "val", train=False, **indexed, **kw)
     if list(classes) != list(val_classes):
         raise ValueError(f"train and val splits of {cfg.data.root} disagree on the classes "
                          f"({len(classes)} vs {len(val_classes)}); fix the annotations")
@@ -236,7 +240,15 @@ def _build(cfg: TrainConfig) -> _Trial:
                                 weight_decay=cfg.recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.recipe, len(train_loader)))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    return _Trial(cfg, device, model, train_loader, val_loader, optimizer, scheduler, scaler, amp_dtype)
+    return _Trial(cfg, device, model, train_loader, val_loader, optimizer, scheduler, scaler, amp_dtype,
+                  _val_buckets(cfg, val_loader))
+
+
+def _val_buckets(cfg: TrainConfig, val_loader: Any) -> list[str | None] | None:
+    """Each val entry's bucket (harness.probe), or None when the data section asks for no stratified metrics."""
+    from harness import probe
+
+    return probe.entry_buckets(cfg.data, val_loader.dataset.entries) if probe.enabled(cfg.data) else None
 
 
 def _check_pretrained(cfg: TrainConfig) -> None:
@@ -327,8 +339,13 @@ def view_logits(model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, *, progress: bool = False) -> dict[str, float]:
-    """Val loss (CE of the view-averaged logits), top-1 and top-5 in percent."""
+def evaluate(model: nn.Module, loader: Any, *, progress: bool = False,
+             buckets: list[str | None] | None = None) -> dict[str, float]:
+    """Val loss (CE of the view-averaged logits), top-1 and top-5 in percent.
+
+    With ``buckets`` (one per dataset entry; the loader must yield entry
+    indices, ``with_index=True``) also top-1 per bucket, see :mod:`harness.probe`.
+    """
     from tqdm import tqdm
 
     device = next(model.parameters()).device
@@ -336,7 +353,11 @@ def evaluate(model: nn.Module, loader: Any, *, progress: bool = False) -> dict[s
     was_training = model.training
     model.eval()
     loss_sum, top1, top5, seen = 0.0, 0, 0, 0
-    for clips, labels in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
+    kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (logits, labels, entry index) for buckets
+    for clips, labels, *index in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
+        if buckets is not None and not index:
+            raise ValueError("evaluate(buckets=...) needs a loader that yields entry indices; "
+                             "build it with build_loader(..., with_index=True)")
         clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with _autocast(device, amp_dtype):
             logits = view_logits(model, clips).float()
@@ -346,10 +367,18 @@ def evaluate(model: nn.Module, loader: Any, *, progress: bool = False) -> dict[s
         top1 += hits[:, 0].sum().item()
         top5 += hits.any(1).sum().item()
         seen += labels.shape[0]
+        if buckets is not None:
+            kept.append((logits.cpu(), labels.cpu(), index[0]))
     model.train(was_training)
     if seen == 0:
         raise ValueError("the evaluation loader yielded no clip; check the val split")
-    return {"val_loss": loss_sum / seen, "val_top1": 100.0 * top1 / seen, "val_top5": 100.0 * top5 / seen}
+    out = {"val_loss": loss_sum / seen, "val_top1": 100.0 * top1 / seen, "val_top5": 100.0 * top5 / seen}
+    if buckets is not None:
+        from harness import probe
+
+        logits, labels, index = (torch.cat(parts) for parts in zip(*kept))
+        out.update(probe.stratified_top1(logits, labels, [buckets[i] for i in index.tolist()]))
+    return out
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -385,7 +414,7 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def check_same_trial(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     """Refuse to resume a checkpoint that another configuration wrote (it would mix two trials)."""
-    old, new = _flat(saved), _flat(cfg.model_dump(mode="json"))
+    old, new = _flat(_with_defaults(saved)), _flat(cfg.model_dump(mode="json"))
     diff = sorted(k for k in old.keys() | new.keys()
                   if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
     if diff:
@@ -395,6 +424,15 @@ def check_same_trial(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> Non
     if old.get("recipe.epochs") != new.get("recipe.epochs") and new.get("recipe.schedule") == "cosine":
         log.warning("recipe.epochs changed %s -> %s on resume: the cosine schedule is stretched from here",
                     old.get("recipe.epochs"), new.get("recipe.epochs"))
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with today's defaults filled in, so a field added since it was saved (the synth
+    ranges, say) compares equal to its default instead of blocking the resume; as saved if it no longer validates."""
+    try:
+        return TrainConfig.model_validate(saved).model_dump(mode="json")
+    except ValueError:
+        return saved
 
 
 def _restore(t: _Trial, state: dict[str, Any]) -> None:
@@ -469,12 +507,13 @@ def _epoch(t: _Trial, epoch: int, progress: bool) -> dict[str, Any]:
     """Train + validate one epoch; the metrics dict, with ir_interactions on the last epoch."""
     lr = t.cfg.recipe.effective_lr * t.scheduler.lr_lambdas[0](t.scheduler.last_epoch)  # this epoch's first step
     train = _train_epoch(t, epoch, progress)
-    val = evaluate(t.model, t.val_loader, progress=progress)
+    last = epoch + 1 == t.cfg.recipe.epochs  # stratified val metrics (harness.probe) with the last epoch's only
+    val = evaluate(t.model, t.val_loader, progress=progress, buckets=t.val_buckets if last else None)
     if not (math.isfinite(val["val_loss"]) and _finite_weights(t.model)):
         raise NonFinite(f"non-finite validation loss or weights after epoch {epoch + 1}")
     metrics = {"epoch": epoch + 1, "train_loss": train.pop("train_loss"), **val, "lr": lr,
                "clips_per_s": train.pop("clips_per_s"), **train}
-    if epoch + 1 == t.cfg.recipe.epochs:
+    if last:
         ir = _ir_interactions(t.model)
         if ir is not None:
             metrics["ir_interactions"] = int(ir)
@@ -525,9 +564,11 @@ def evaluate_checkpoint(cfg: TrainConfig, path: str | Path, *, progress: bool = 
     torch.set_num_threads(cfg.recipe.threads)
     seed_everything(cfg.seed)
     device, _ = _device()
+    from harness import probe
     from harness.data import build_loader
 
-    loader, classes = build_loader(cfg.data, "val", batch_size=cfg.recipe.batch_size, seed=cfg.seed, train=False)
+    loader, classes = build_loader(cfg.data, "val", batch_size=cfg.recipe.batch_size, seed=cfg.seed, train=False,
+                                   **({"with_index": True} if probe.enabled(cfg.data) else {}))
     model = create_model(cfg, len(classes))
     try:
         model.load_state_dict(state["model"])
@@ -535,7 +576,7 @@ def evaluate_checkpoint(cfg: TrainConfig, path: str | Path, *, progress: bool = 
         raise ValueError(f"{path} does not fit the model of this config (block {cfg.row.block!r}, "
                          f"backbone {cfg.backbone.arch}): {e}") from e
     model = model.to(device)
-    metrics = evaluate(model, loader, progress=progress)
+    metrics = evaluate(model, loader, progress=progress, buckets=_val_buckets(cfg, loader))
     return {"checkpoint": str(path), "epoch": state["epoch"], "clips": cfg.data.test_clips,
             "crops": cfg.data.test_crops, **metrics}
 
