@@ -17,11 +17,11 @@ def _backbone_spec(backbone: str | Mapping[str, Any]) -> dict[str, Any]:
             raise TypeError(f"backbone {arch!r} takes no options, got {sorted(spec)}")
         return {"depths": ARCHS[arch], "width": 64, "small_stem": False}
     if arch == "tiny":
-        unknown = set(spec) - {"width", "depths"}
+        unknown = set(spec) - {"width", "depths", "stem_stride"}
         if unknown:
-            raise TypeError(f"backbone 'tiny' has no option(s) {sorted(unknown)}; valid: width, depths")
+            raise TypeError(f"backbone 'tiny' has no option(s) {sorted(unknown)}; valid: width, depths, stem_stride")
         return {"depths": list(spec.get("depths", [1, 1, 1, 1])), "width": int(spec.get("width", 16)),
-                "small_stem": True}
+                "small_stem": int(spec.get("stem_stride", 1))}
     raise KeyError(f"unknown backbone {arch!r}; available: {', '.join([*ARCHS, 'tiny'])}")
 
 

@@ -82,19 +82,20 @@ class VideoResNet(nn.Module):
         num_classes: classes of the new fc.
         num_frames: T, frames per clip.
         dropout: dropout before the fc (the paper: 0.3).
-        small_stem: 3x3 stride-1 stem without max-pool (tiny inputs of the laptop profile).
+        small_stem: a 3x3 stem of this stride (1 or 2) without max-pool, for the tiny inputs of the
+            laptop profile; 0/False = ResNet's 7x7 stride-2 stem and max-pool.
         residual_op / conv2_op / stage_op: builders from the block (see module docstring).
         stages: the insertion points that ``stage_op`` fills (0 = after the stem, 1..3 = after layer1..3).
     """
 
     def __init__(self, depths: list[int], *, width: int = 64, num_classes: int = 1000,
-                 num_frames: int = 8, dropout: float = 0.5, small_stem: bool = False,
+                 num_frames: int = 8, dropout: float = 0.5, small_stem: int = 0,
                  residual_op: ResidualOp | None = None, conv2_op: Conv2Op | None = None,
                  stage_op: StageOp | None = None, stages: tuple[int, ...] = ()):
         super().__init__()
         self.num_frames = num_frames
         if small_stem:
-            self.conv1 = nn.Conv2d(3, width, 3, stride=1, padding=1, bias=False)
+            self.conv1 = nn.Conv2d(3, width, 3, stride=int(small_stem), padding=1, bias=False)
             self.maxpool = nn.Identity()
         else:
             self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)

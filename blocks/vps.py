@@ -164,6 +164,12 @@ class Synthesizer(nn.Module):
     def init_weights(self) -> None:
         nn.init.zeros_(self.expand.weight)  # the pretrained network's output is unchanged at init
 
+    @staticmethod
+    def validate_options(opts: dict) -> None:
+        """Checks a study file can fail on before anything is built."""
+        if not 0 < opts["proportion"] <= 1:
+            raise ValueError(f"proportion must be in (0, 1], got {opts['proportion']}")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.reduce(x)
         if self.spatial is not None:
@@ -201,12 +207,17 @@ class VPS(Synthesizer):
     @staticmethod
     def validate_options(opts: dict) -> None:
         """Contradictions a study file can contain, caught before anything is built."""
+        if opts["fusion"] not in ("learned", "grouping", "shuffle", "dropout"):
+            raise ValueError(f"fusion must be learned, grouping, shuffle or dropout, got {opts['fusion']!r}")
         if opts["fusion"] == "dropout" and opts["dropout_rate"] is None:
             raise ValueError("fusion='dropout' needs dropout_rate (the paper uses 0.75)")
         if opts["fusion"] != "dropout" and opts["dropout_rate"] is not None:
             raise ValueError(f"dropout_rate is only used by fusion='dropout', not {opts['fusion']!r}")
-        if not 0 < opts["proportion"] <= 1:
-            raise ValueError(f"proportion must be in (0, 1], got {opts['proportion']}")
+        Synthesizer.validate_options(opts)
+        if opts["pool"] not in ("max", "avg", "none"):
+            raise ValueError(f"pool must be max, avg or none, got {opts['pool']!r}")
+        if opts["factorization"] not in ("2+1", "1+1+1"):
+            raise ValueError(f"factorization must be '2+1' or '1+1+1', got {opts['factorization']!r}")
         for key in ("spatial_rf", "temporal_rf"):
             if opts[key] not in (3, 5, 7):
                 raise ValueError(f"{key} must be 3, 5 or 7, got {opts[key]}")

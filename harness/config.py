@@ -47,12 +47,14 @@ class Backbone(Strict):
     arch: Literal["resnet50", "resnet101", "tiny"] = "resnet50"
     width: int = Field(64, ge=1)
     depths: list[int] | None = None
+    stem_stride: Literal[1, 2] = 1  # tiny only: stride of its 3x3 stem
     pretrained: str | None = None  # path to a torchvision-format ImageNet checkpoint
 
     def create_kwargs(self) -> dict[str, Any]:
         """The ``backbone`` argument of :func:`blocks.create`."""
         if self.arch == "tiny":
-            return {"arch": "tiny", "width": self.width, "depths": self.depths or [1, 1, 1, 1]}
+            return {"arch": "tiny", "width": self.width, "depths": self.depths or [1, 1, 1, 1],
+                    "stem_stride": self.stem_stride}
         return {"arch": self.arch}
 
 
@@ -83,6 +85,10 @@ class Synth(Strict):
     train_speed: Range = SPEED_RANGE
     val_size: Range = SIZE_RANGE
     val_speed: Range = SPEED_RANGE
+    # "rich": textured clutter, torus motion, a family not visible in one frame (hard; probes).
+    # "plain": one object per clip on a plain background, its shape names the motion family, so a
+    # frame-order-blind model gets the family (50% of a pair) and only temporal order tells the twin.
+    style: Literal["rich", "plain"] = "rich"
 
     @field_validator("train_size", "val_size", "train_speed", "val_speed")
     @classmethod

@@ -36,8 +36,15 @@ def describe(path: str | Path, exc: BaseException) -> str:
             msg = f"unknown key; remove it or check its spelling"
         line = _line_of(path, keys)
         return f"{path}{f':{line}' if line else ''}: {key}: {msg}"
+    keys = getattr(exc, "keys", None)
+    if isinstance(keys, tuple):  # a PreflightError: a key path and a message
+        line = _line_of(path, keys)
+        return f"{path}{f':{line}' if line else ''}: {'.'.join(map(str, keys))}: {exc}"
     if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        return f"{path}:{exc.problem_mark.line + 1}: yaml: {exc.problem}"
+        problem = exc.problem or exc.context or "invalid YAML"
+        if "python/" in str(problem) or "could not determine a constructor" in str(problem):
+            problem = f"{problem}; YAML tags that build Python objects are not allowed"
+        return f"{path}:{exc.problem_mark.line + 1}: yaml: {problem}"
     if isinstance(exc, OSError):
         return f"{path}: file: {exc.strerror or exc}"
     return f"{path}: {type(exc).__name__}: {exc}"

@@ -245,9 +245,55 @@ def _trajectory(family: str, rng: np.random.Generator, t: np.ndarray, s: int, si
     raise ValueError(f"unknown motion family {family!r}")
 
 
+PLAIN_SHAPES = {"translate": "square", "fall": "disc", "approach": "diamond", "rotate": "triangle",
+                "orbit": "cross"}
+
+
+def _plain_trajectory(family: str, rng: np.random.Generator, t: np.ndarray, s: int, size: float, speed: float):
+    """``style="plain"``: one object whose whole path stays inside the frame (no torus, no stream).
+
+    Start and end positions then differ between a clip and its reversal, but a
+    frame-order-blind model still sees the same bag of frames for both.
+    """
+    n = len(t)
+    side, angle = size * s, rng.uniform(0, 2 * math.pi)
+    span = max(s - 1.2 * side, 1.0)
+    if family in ("translate", "fall"):  # left to right / downwards, at constant speed
+        step = min(speed * s, span / max(n - 1, 1))
+        start = 0.6 * side + rng.uniform(0, span - step * (n - 1))
+        across = rng.uniform(0.6 * side, s - 0.6 * side)
+        along = start + step * t
+        cx, cy = (along, across) if family == "translate" else (across, along)
+        return [(cx, cy, angle, side, 1.0)], step / s
+    if family == "approach":  # grows from side/2 to 1.5 side in the middle of the frame
+        grow = np.linspace(0.5, 1.5, n).astype(np.float32)
+        return [(s / 2, s / 2, angle, side * grow, 1.0)], float(side / s / max(n - 1, 1))
+    if family == "rotate":
+        turn = min(max(2 * speed / size, 0.15), MAX_TURN)
+        return [(s / 2, s / 2, angle + turn * t, side, 1.0)], turn * size / 2
+    radius = 0.25 * s  # orbit, clockwise around the centre
+    turn = min(max(speed * s / radius, 0.15), MAX_TURN)
+    phase = rng.uniform(0, 2 * math.pi) + turn * t
+    return [(s / 2 + radius * np.cos(phase), s / 2 + radius * np.sin(phase), angle, side, 1.0)], turn * radius / s
+
+
+def _render_plain(family: str, rng: np.random.Generator, frames: int, size: int, obj_size: float,
+                  obj_speed: float) -> tuple[np.ndarray, Look, float]:
+    _, bg_rgb = _colour(rng)
+    bg = np.broadcast_to(bg_rgb * 0.5, (size, size, 3)).astype(np.float32)
+    name, body = _colour(rng, bg_rgb * 0.5)
+    shape = PLAIN_SHAPES[family]
+    look = Look(shape, "solid", 2.0, body, body, (1 - body).astype(np.float32), f"{name} {shape}")
+    layers, speed = _plain_trajectory(family, rng, np.arange(frames, dtype=np.float32), size, obj_size, obj_speed)
+    canvas = np.repeat(bg[None], frames, axis=0)
+    for layer in layers:
+        _draw(canvas, look, *layer)
+    return canvas, look, speed
+
+
 def render_clip(seed: int, index: int, *, frames: int = 16, size: int = 64,
                 size_range: tuple[float, float] = SIZE_RANGE,
-                speed_range: tuple[float, float] = SPEED_RANGE) -> tuple[np.ndarray, dict]:
+                speed_range: tuple[float, float] = SPEED_RANGE, style: str = "rich") -> tuple[np.ndarray, dict]:
     """Clip ``index`` of the set made with ``seed``: uint8 ``(frames, size, size, 3)`` and its annotation entry.
 
     The label is ``index % len(CLASSES)``; odd labels are the even label's
@@ -257,11 +303,15 @@ def render_clip(seed: int, index: int, *, frames: int = 16, size: int = 64,
     family = PAIRS[label // 2][0]
     rng = np.random.default_rng([seed, index // len(CLASSES), label // 2])  # twins 2k, 2k+1 share draws
     obj_size, obj_speed = rng.uniform(*size_range), rng.uniform(*speed_range)
-    bg = _background(rng, size)
-    look = _look(rng, bg.mean(axis=(0, 1)))
-    layers, speed = _trajectory(family, rng, np.arange(frames, dtype=np.float32), size, obj_size, obj_speed)
-    canvas = np.repeat(bg[None], frames, axis=0)
-    if family == "approach":  # the nearer (larger) copy is drawn last, per frame
+    if style == "plain":
+        canvas, look, speed = _render_plain(family, rng, frames, size, obj_size, obj_speed)
+        layers = []
+    else:
+        bg = _background(rng, size)
+        look = _look(rng, bg.mean(axis=(0, 1)))
+        layers, speed = _trajectory(family, rng, np.arange(frames, dtype=np.float32), size, obj_size, obj_speed)
+        canvas = np.repeat(bg[None], frames, axis=0)
+    if family == "approach" and layers:  # the nearer (larger) copy is drawn last, per frame
         order = np.argsort(np.stack([layer[5] for layer in layers]), axis=0)
         for rank in range(len(layers)):
             for k, layer in enumerate(layers):
@@ -357,7 +407,8 @@ def _render_all(videos_dir: Path, seed: int, start: int, stop: int, processes: i
 def generate(out_dir: str | Path, *, videos: int = 2000, frames: int = 16, size: int = 64, seed: int = 0,
              val_fraction: float = 0.25, size_range: tuple[float, float] = SIZE_RANGE,
              speed_range: tuple[float, float] = SPEED_RANGE, val_size_range: tuple[float, float] | None = None,
-             val_speed_range: tuple[float, float] | None = None, processes: int | None = None) -> Path:
+             val_speed_range: tuple[float, float] | None = None, processes: int | None = None,
+             style: str = "rich") -> Path:
     """Write the set into ``out_dir`` (which must not hold anything else); no caching, no lock.
 
     Validation takes the first ``round(videos * val_fraction)`` ids (at least
@@ -372,7 +423,8 @@ def generate(out_dir: str | Path, *, videos: int = 2000, frames: int = 16, size:
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     processes = max(1, min(processes or (min(2, os.cpu_count() or 1) if videos >= 200 else 1), videos))
-    kwargs = {"frames": frames, "size": size, "size_range": tuple(size_range), "speed_range": tuple(speed_range)}
+    kwargs = {"frames": frames, "size": size, "size_range": tuple(size_range), "speed_range": tuple(speed_range),
+              "style": style}
     val_kwargs = {**kwargs, "size_range": tuple(val_size_range or size_range),
                   "speed_range": tuple(val_speed_range or speed_range)}
     start = time.perf_counter()
@@ -405,7 +457,7 @@ def _warn_capped(entries: list[dict], speed_range: tuple[float, float], split: s
 def _params(videos: int, frames: int, size: int, seed: int, val_fraction: float,
             size_range: tuple[float, float], speed_range: tuple[float, float],
             val_size_range: tuple[float, float] | None = None,
-            val_speed_range: tuple[float, float] | None = None) -> dict:
+            val_speed_range: tuple[float, float] | None = None, style: str = "rich") -> dict:
     """The marker: every parameter the files depend on.
 
     The val ranges appear only when they differ from the train ranges, so a
@@ -418,6 +470,8 @@ def _params(videos: int, frames: int, size: int, seed: int, val_fraction: float,
                               ("val_speed_range", val_speed_range, speed_range)):
         if value is not None and list(value) != list(train):
             params[key] = list(value)
+    if style != "rich":  # absent for the default, so older rich sets keep their marker
+        params["style"] = style
     return params
 
 
@@ -431,7 +485,8 @@ def _marker(root: Path) -> dict | None:
 def ensure_at(root: str | Path, *, videos: int = 2000, frames: int = 16, size: int = 64, seed: int = 0,
               val_fraction: float = 0.25, size_range: tuple[float, float] = SIZE_RANGE,
               speed_range: tuple[float, float] = SPEED_RANGE, val_size_range: tuple[float, float] | None = None,
-              val_speed_range: tuple[float, float] | None = None, processes: int | None = None) -> Path:
+              val_speed_range: tuple[float, float] | None = None, processes: int | None = None,
+              style: str = "rich") -> Path:
     """The synth set at ``root``, generated once: reused when its marker matches the parameters.
 
     Concurrent callers serialise on ``.<root name>.lock`` beside ``root``; the
@@ -441,7 +496,7 @@ def ensure_at(root: str | Path, *, videos: int = 2000, frames: int = 16, size: i
     """
     root = Path(root).absolute()
     params = _params(videos, frames, size, seed, val_fraction, size_range, speed_range,
-                     val_size_range, val_speed_range)
+                     val_size_range, val_speed_range, style)
     if _marker(root) == params:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -482,7 +537,7 @@ def ensure_synth(data) -> Path:
     cfg = data.synth or Synth()
     return ensure_at(data.root, videos=cfg.videos, frames=cfg.frames, size=cfg.size, seed=cfg.seed,
                      val_fraction=cfg.val_fraction, size_range=cfg.train_size, speed_range=cfg.train_speed,
-                     val_size_range=cfg.val_size, val_speed_range=cfg.val_speed)
+                     val_size_range=cfg.val_size, val_speed_range=cfg.val_speed, style=cfg.style)
 
 
 def main(args) -> int:
