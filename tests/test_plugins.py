@@ -106,3 +106,30 @@ def test_walkthrough_code_is_the_tested_plugin():
     assert set(files) == {"my-blocks/pyproject.toml", "my-blocks/dwt_block/__init__.py"}
     assert files["my-blocks/pyproject.toml"] == (PLUGIN / "pyproject.toml").read_text()
     assert files["my-blocks/dwt_block/__init__.py"] == (PLUGIN / "dwt_block" / "__init__.py").read_text()
+
+
+@pytest.mark.slow
+def test_walkthrough_plugin_trains_next_to_tsn_and_lands_in_mlflow(site, tmp_path):
+    """The walkthrough's step 3: a two-row laptop study with the plugin block, through Ray and MLflow."""
+    study = tmp_path / "my-study.yaml"
+    study.write_text(
+        "name: my-study\nkind: table\nprofiles:\n  laptop:\n"
+        "    backbone: {arch: tiny, width: 4, depths: [1, 1, 1, 1], stem_stride: 2}\n"
+        f"    data: {{format: synth, root: {tmp_path / 'synth'}, frames: 4, size: 16, scale_size: 18,\n"
+        "           synth: {videos: 40, frames: 8, size: 32, style: plain}}\n"
+        "    recipe: {epochs: 1, batch_size: 8, lr: 0.05, threads: 1}\n"
+        "    seeds: 1\nrows:\n  TSN: {block: tsn}\n  DWT-k5: {block: dw_temporal, kernel: 5}\n")
+    env = {**os.environ, "PYTHONPATH": str(site), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(study), "--max-concurrent", "2"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "results" / "my-study.csv").read_text()
+    assert "DWT-k5" in table and "TSN" in table
+
+    import mlflow
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("my-study")
+    runs = client.search_runs([exp.experiment_id])
+    blocks_logged = sorted(r.data.tags.get("harness.block", "") for r in runs if "harness.block" in r.data.tags)
+    assert blocks_logged == ["dw_temporal", "tsn"]
