@@ -17,7 +17,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/harness profile studies/table1.yaml
+	$(BIN)/harness run studies/table1.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -27,7 +27,7 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="inspect a dataset or write the synthetic one")
+    p = sub.add_parser("data", help="inspect or fingerprint a dataset, or write the synthetic one")
     dsub = p.add_subparsers(dest="data_command", required=True)
 
     i = dsub.add_parser("inspect", help="open every entry of a split and report what is readable")
@@ -39,6 +39,17 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.set_defaults(target="harness.data.inspect:main")
 
+    f = dsub.add_parser("fingerprint", help="hash a split's annotation files and the decoded pixels of a fixed sample",
+                        description="One short hash that changes when the annotations or the decoded frames of "
+                        "the sampled clips change (not when timestamps or paths do); the decoder is reported.")
+    f.add_argument("--format", required=True, choices=["sthv1", "sthv2", "k400", "diving48", "list", "synth"])
+    f.add_argument("--root", required=True, help="folder of videos or frame folders (synth: the set's folder)")
+    f.add_argument("--annotations", default=None, help="folder holding the annotation files (default: --root)")
+    f.add_argument("--split", choices=["train", "val"], default="val")
+    f.add_argument("--sample", type=int, default=16, help="clips decoded, every k-th by sorted id (default 16)")
+    f.add_argument("--json", action="store_true", help="print one JSON object")
+    f.set_defaults(target="harness.data.fingerprint:main")
+
     s = dsub.add_parser("synth", help="write the reversal-paired synthetic set (Something-Something v2 layout)")
     s.add_argument("out_dir")
     s.add_argument("--videos", type=int, default=2000)
@@ -46,6 +57,11 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--val-fraction", type=float, default=0.25, help="share of clips in validation.json (default 0.25)")
+    for split in ("train", "val"):  # defaults (None): the generator's full ranges
+        s.add_argument(f"--{split}-size", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
+                       help=f"{split} object side / frame side (default: the generator's full range)")
+        s.add_argument(f"--{split}-speed", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
+                       help=f"{split} displacement per frame / frame side (default: the generator's full range)")
     s.set_defaults(target="harness.data.synth:main")
 
 
@@ -96,6 +112,36 @@ def _add_ui(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(target="harness.ui:main")
 
 
+def _add_blocks(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("blocks", help="list every available block (built-in and plugins) with its options")
+    p.add_argument("--format", choices=["md", "json"], default="md")
+    p.add_argument("--profile", action="store_true",
+                   help="add params and GFLOPs at 8x112 on ResNet-50 (174 classes)")
+    p.set_defaults(target="harness.catalog:main")
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="time, memory and throughput, as ratios measured in one run")
+    bsub = p.add_subparsers(dest="bench_command", required=True)
+    b = bsub.add_parser("blocks", help="forward+backward step time of every row on the paper backbone")
+    b.add_argument("--study", default="studies/table1.yaml", help="rows to time (default Table 1)")
+    b.add_argument("--size", type=int, default=112)
+    b.add_argument("--frames", type=int, default=8)
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    b.add_argument("--format", choices=["md", "json"], default="md")
+    b.set_defaults(target="harness.bench:main")
+    d = bsub.add_parser("data", help="training-loader clips/s with 0, 1, 2 workers next to the model's")
+    d.add_argument("--study", default="studies/table1.yaml")
+    d.add_argument("--profile", default="laptop")
+    d.add_argument("--batches", type=int, default=20, help="batches timed per loader")
+    d.add_argument("--steps", type=int, default=10, help="model steps timed")
+    d.add_argument("--format", choices=["md", "json"], default="md")
+    d.set_defaults(target="harness.bench:main")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness",
@@ -104,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_profile, _add_data, _add_train, _add_run, _add_tables, _add_ui):
+    for add in (_add_profile, _add_blocks, _add_data, _add_train, _add_run, _add_tables, _add_ui, _add_bench):
         add(sub)
     return parser
 

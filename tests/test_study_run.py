@@ -1,0 +1,227 @@
+"""``harness run`` end to end on a tiny study: Ray Tune trials, MLflow runs, tables read back from MLflow.
+
+The slow tests run the real driver (``python -m harness.cli run``) in a
+subprocess with its own session, so a SIGKILL reaches the whole process group
+and the Ray processes it started can be found (by an environment marker) and
+ended by their ids. Trials are tiny: width 4, 16x16 input, 4 frames, 32 clips.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+TINY = """\
+name: tiny
+num_classes: 10
+profiles:
+  laptop:
+    backbone: {{arch: tiny, width: 4, depths: [1, 1, 1, 1]}}
+    data:
+      format: synth
+      root: {root}
+      frames: 4
+      size: 16
+      scale_size: 16
+      synth: {{videos: 32, frames: 8, size: 32, seed: 1}}
+    recipe: {{epochs: {epochs}, batch_size: 8, lr: 0.05, schedule: cosine, threads: 1}}
+    seeds: {seeds}
+    resources: {{cpu: 1}}
+rows:
+  TSN: {{block: tsn}}
+  TSM: {{block: tsm}}
+"""
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory) -> Path:
+    """Where the tiny synthetic set lives; the first run generates it, later ones reuse it."""
+    return tmp_path_factory.mktemp("study-synth") / "set"
+
+
+def write_study(folder: Path, root: Path, *, epochs: int = 2, seeds: int = 2, **extra: str) -> Path:
+    text = TINY.format(root=root, epochs=epochs, seeds=seeds)
+    for key, value in extra.items():
+        text += f"{key}: {value}\n"
+    path = folder / "tiny.yaml"
+    path.write_text(text)
+    return path
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update(PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def harness(args: list[str], cwd: Path, *, timeout: float = 300, env: dict | None = None):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=env or clean_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def kill_marked(marker: str) -> list[int]:
+    """SIGKILL every process whose environment carries ``marker`` (the driver and the Ray processes it started)."""
+    killed = []
+    needle = f"HARNESS_TEST_MARKER={marker}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+        except (OSError, ProcessLookupError):
+            continue
+    return killed
+
+
+def tracker_for(folder: Path):
+    from harness.tracking import Tracker
+
+    return Tracker(f"sqlite:///{folder / 'work' / 'mlflow.db'}")
+
+
+def study_runs(folder: Path):
+    """(parents, {trial key: child run}) of the study ``tiny`` in the folder's store."""
+    t = tracker_for(folder)
+    parents = t.parents("tiny")
+    children = {}
+    for p in parents:
+        for key, run in t.children(p.info.run_id).items():
+            assert key not in children, f"trial {key} has child runs under two parents"
+            children[key] = run
+    return t, parents, children
+
+
+KEYS = {f"tiny/laptop/{row}/seed{s}" for row in ("TSN", "TSM") for s in (0, 1)}
+
+
+# ----------------------------------------------------------------------------- fast
+
+
+def test_dry_run_starts_no_ray_and_writes_nothing(tmp_path, synth_root):
+    study = write_study(tmp_path, tmp_path / "synth")
+    before = sorted(p for p in tmp_path.rglob("*"))
+    code = ("import sys; from harness.cli import main; rc = main(['run', 'tiny.yaml', '--dry-run']); "
+            "print('IMPORTED', 'ray' in sys.modules, 'mlflow' in sys.modules); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=clean_env(), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "IMPORTED False False" in r.stdout
+    assert "2 rows x 2 seeds = 4 trials" in r.stdout
+    for key in KEYS:
+        assert key in r.stdout
+    assert sorted(p for p in tmp_path.rglob("*")) == before, "a dry run wrote files"
+    assert study.exists()
+
+
+def test_unknown_key_in_study_is_an_error_naming_it(tmp_path):
+    write_study(tmp_path, tmp_path / "synth", learning_rate="0.1")
+    r = harness(["run", "tiny.yaml", "--dry-run"], tmp_path, timeout=60)
+    assert r.returncode == 2
+    assert "learning_rate" in r.stderr and "unknown key" in r.stderr
+
+
+# ----------------------------------------------------------------------------- slow
+
+
+@pytest.mark.slow
+def test_run_writes_parent_and_child_runs_and_tables_from_mlflow(tmp_path, synth_root):
+    write_study(tmp_path, synth_root, epochs=2, seeds=2)
+    r = harness(["run", "tiny.yaml"], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    assert "harness ui" in r.stdout and "| TSM" in r.stdout
+
+    t, parents, children = study_runs(tmp_path)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.tags["harness.profile"] == "laptop" and "harness.git_commit" in parent.data.tags
+    assert set(children) == KEYS
+    for key, run in children.items():
+        assert run.info.status == "FINISHED", key
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        assert tags["harness.trial_key"] == key and tags["mlflow.parentRunId"] == parent.info.run_id
+        assert f"tiny/laptop/{tags['harness.row']}/seed{tags['harness.seed']}" == key
+        assert "harness.git_commit" in tags and tags["harness.node_id"]
+        assert params["recipe.epochs"] == "2" and params["row.block"] in ("tsn", "tsm")
+        assert params["data.root"] == str(synth_root)  # resolved config, flattened
+        assert metrics["profile_params"] > 20e6 and metrics["profile_gflops_16"] > 0
+        steps = sorted(m.step for m in t.client.get_metric_history(run.info.run_id, "val_top1"))
+        assert steps == [1, 2]
+    artifacts = {a.path for a in t.client.list_artifacts(parent.info.run_id)}
+    assert "study.resolved.yaml" in artifacts and "results" in artifacts
+
+    import pandas as pd
+
+    csv = pd.read_csv(tmp_path / "results" / "tiny.csv").set_index("row")
+    for row in ("TSN", "TSM"):
+        last = [children[f"tiny/laptop/{row}/seed{s}"].data.metrics["val_top1"] for s in (0, 1)]
+        assert csv.loc[row, "top1_mean"] == pytest.approx(sum(last) / 2, abs=1e-3)
+        assert csv.loc[row, "seeds"] == 2
+    # the tables come from MLflow alone: rebuild them without the run's results
+    first = (tmp_path / "results" / "tiny.csv").read_text()
+    for f in (tmp_path / "results").iterdir():
+        f.unlink()
+    r = harness(["tables", "tiny.yaml"], tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "results" / "tiny.csv").read_text() == first
+    assert (tmp_path / "results" / "tiny.md").exists() and (tmp_path / "results" / "tiny.png").exists()
+
+
+@pytest.mark.slow
+def test_resume_after_driver_sigkill_finishes_every_trial_exactly_once(tmp_path, synth_root):
+    write_study(tmp_path, synth_root, epochs=4, seeds=2)
+    marker = uuid.uuid4().hex
+    env = clean_env(HARNESS_TEST_MARKER=marker)
+    log = open(tmp_path / "killed.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "tiny.yaml"], cwd=tmp_path, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # wait until the first trial is finished in MLflow; two are then still queued or running
+        db = tmp_path / "work" / "mlflow.db"
+        deadline = time.monotonic() + 240
+        before = {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            if db.exists():
+                try:
+                    _, _, before = study_runs(tmp_path)
+                except Exception:  # noqa: BLE001 - the store may be mid-creation
+                    before = {}
+                if any(r.info.status == "FINISHED" for r in before.values()):
+                    break
+            time.sleep(0.3)
+        assert proc.poll() is None, "the driver finished before it could be killed:\n" + (tmp_path / "killed.log").read_text()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        kill_marked(marker)
+        finished_before = {k for k, r in before.items() if r.info.status == "FINISHED"}
+        assert finished_before and finished_before != KEYS
+
+        r = harness(["run", "tiny.yaml", "--resume"], tmp_path, env=env)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+        assert "restoring Ray experiment" in r.stderr  # Tuner.restore, not a fresh experiment
+        t, parents, children = study_runs(tmp_path)
+        assert len(parents) == 1, "--resume must re-attach to the killed invocation's parent run"
+        assert parents[0].info.status == "FINISHED"
+        assert set(children) == KEYS
+        for key, run in children.items():
+            assert run.info.status == "FINISHED", key
+            if key in before:  # the same child run, updated in place
+                assert run.info.run_id == before[key].info.run_id
+            for metric in ("epoch", "val_top1", "train_loss"):
+                steps = sorted(m.step for m in t.client.get_metric_history(run.info.run_id, metric))
+                assert steps == [1, 2, 3, 4], (key, metric, steps)
+        for key in finished_before:  # finished trials were not logged again
+            assert children[key].data.metrics["best_top1"] == before[key].data.metrics["best_top1"]
+    finally:
+        log.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        kill_marked(marker)
