@@ -188,7 +188,9 @@ def test_resume_after_driver_sigkill_finishes_every_trial_exactly_once(tmp_path,
         deadline = time.monotonic() + 240
         before = {}
         while time.monotonic() < deadline and proc.poll() is None:
-            if db.exists():
+            # open the store only once the driver has created it: two processes migrating one fresh
+            # sqlite schema at once break it ("table _alembic_tmp_metrics already exists")
+            if db.exists() and "trials to run" in (tmp_path / "killed.log").read_text():
                 try:
                     _, _, before = study_runs(tmp_path)
                 except Exception:  # noqa: BLE001 - the store may be mid-creation
