@@ -67,4 +67,5 @@ def create(name: str, *, backbone: str | Mapping[str, Any] = "resnet50", num_cla
 
 def block_modules(model: nn.Module) -> list[nn.Module]:
     """The inserted block instances of a model (for profiling blocks apart from the backbone)."""
-    return [m for m in model.modules() if type(m) in set(map(registry.get, registry.available()))]
+    registered = tuple(registry.get(name) for name in registry.available())  # once, not per module
+    return [m for m in model.modules() if type(m) in registered]
