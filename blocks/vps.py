@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .fusion import Fusion
@@ -85,6 +86,14 @@ class SpatialBag(nn.Module):
         return torch.cat([b(p) for b, p in zip(self.branches, parts)], dim=1)
 
 
+class TemporalConv(nn.Conv3d):
+    """A (k, 1, 1) Conv3d applied to (N, C, T, H*W) as a (k, 1) conv2d: the same weights (and checkpoint
+    keys) and the same result, but oneDNN's 2D kernel instead of the CPU's slow 3D fallback."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight.squeeze(-1), None, 1, (self.padding[0], 0), (self.dilation[0], 1))
+
+
 class TemporalBag(nn.Module):
     """Per group: identity, a temporal conv (k taps or dilated 3 taps, no BN) or a temporal pool."""
 
@@ -96,22 +105,24 @@ class TemporalBag(nn.Module):
         branches = []
         for c, k in zip(sizes, kernels):
             if k == "pool":
-                branches.append(_pool3d(pool))
+                branches.append(_pool_t(pool))
             elif k == 1:
                 branches.append(nn.Identity())
             else:
                 taps, dil = (3, (k - 1) // 2) if dilation else (k, 1)
-                branches.append(nn.Conv3d(c, c, (taps, 1, 1), padding=(dil * (taps - 1) // 2, 0, 0),
-                                          dilation=(dil, 1, 1), bias=False))
+                branches.append(TemporalConv(c, c, (taps, 1, 1), padding=(dil * (taps - 1) // 2, 0, 0),
+                                             dilation=(dil, 1, 1), bias=False))
         self.branches = nn.ModuleList(branches)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         nt, c, h, w = x.shape
         t = self.num_frames
-        v = x.view(nt // t, t, c, h, w).transpose(1, 2)  # (N, C, T, H, W)
-        parts = torch.split(v, self.sizes, dim=1)
-        out = torch.cat([b(p) for b, p in zip(self.branches, parts)], dim=1)
-        return out.transpose(1, 2).reshape(nt, c, h, w)
+        # Each branch sees its group as (N, C_g, T, H*W), a transposed view of the (N, T, C, H*W) input;
+        # transposing the outputs back lets one cat write the result in the input's layout (the identity
+        # group is read in place, never copied through a transposed layout and back).
+        parts = torch.split(x.view(nt // t, t, c, -1), self.sizes, dim=2)  # -1: no traced h * w
+        out = [b(p.transpose(1, 2)).transpose(1, 2) for b, p in zip(self.branches, parts)]
+        return torch.cat(out, dim=2).view(nt, c, h, w)
 
 
 def _pool2d(kind: str) -> nn.Module:
@@ -119,9 +130,10 @@ def _pool2d(kind: str) -> nn.Module:
             "none": nn.Identity()}[kind]
 
 
-def _pool3d(kind: str) -> nn.Module:
-    return {"max": nn.MaxPool3d((3, 1, 1), 1, (1, 0, 0)),
-            "avg": nn.AvgPool3d((3, 1, 1), 1, (1, 0, 0), count_include_pad=False),
+def _pool_t(kind: str) -> nn.Module:
+    """Pooling over 3 frames of (N, C, T, H*W)."""
+    return {"max": nn.MaxPool2d((3, 1), 1, (1, 0)),
+            "avg": nn.AvgPool2d((3, 1), 1, (1, 0), count_include_pad=False),
             "none": nn.Identity()}[kind]
 
 

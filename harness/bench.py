@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import platform
+import re
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -99,14 +104,16 @@ def bench_blocks(rows: dict[str, Row], *, size: int = 112, frames: int = 8, batc
     return out
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+            return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
     except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    return f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def _print(rows: list[dict], fmt: str, title: str) -> None:
@@ -178,6 +185,138 @@ def bench_data(study_path: str, *, profile: str = "laptop", row: str | None = No
     return out
 
 
+# ----------------------------------------------------------------------------- harness overhead
+
+
+def _fit_one(spec: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    """One trial in a pool process, the way ``harness train`` runs it: :func:`harness.train.fit`, nothing else."""
+    from .config import TrainConfig
+    from .train import fit
+
+    start = time.perf_counter()
+    result = fit(TrainConfig.model_validate(spec["train"]), out_dir)
+    return {"key": spec["key"], "seconds": time.perf_counter() - start, "status": result.status,
+            "last_top1": result.last_top1}
+
+
+def _plain_loop(trials: list, out: Path, concurrency: int) -> dict[str, Any]:
+    """The baseline: the same trials in a pool of ``concurrency`` fresh (spawned) processes; no Ray, no MLflow."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    dirs = [str(out / re.sub(r"[^A-Za-z0-9_.-]+", "_", t.key)) for t in trials]
+    start = time.perf_counter()
+    # spawn, as Ray's workers are fresh processes: nothing inherited from this one's torch state
+    with ProcessPoolExecutor(concurrency, mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = list(pool.map(_fit_one, [t.spec() for t in trials], dirs))
+    return {"wall_s": time.perf_counter() - start, "trials": {d["key"]: d for d in done}}
+
+
+def _ray_tune(study, profile_name: str, profile, trials: list, out: Path, concurrency: int) -> dict[str, Any]:
+    """The trials as ``harness run`` runs them (harness.run.execute, less profiling and tables):
+    MLflow parent and child runs with params and trial.yaml, a local Ray, Tune with the MLflow callback,
+    a checkpoint reported per epoch; store and Ray storage under ``out``."""
+    import yaml
+
+    from . import tune as tuning
+    from .tracking import Tracker, flatten
+
+    start = time.perf_counter()
+    tracker = Tracker(f"sqlite:///{(out / 'mlflow.db').resolve().as_posix()}")
+    tracker.prepare()
+    parent = tracker.start_parent(study.name, profile_name, tags={"harness.bench": "1"},
+                                  params={"trials": len(trials), **flatten(profile.model_dump(mode="json"))})
+    children = tracker.ensure_children(parent, [{
+        "key": t.key, "name": f"{t.label} seed{t.seed}", "tags": t.tags,
+        "params": flatten(t.config.model_dump(mode="json"))} for t in trials])
+    for t in trials:
+        tracker.log_text(children[t.key], yaml.safe_dump(t.config.model_dump(mode="json"), sort_keys=False),
+                         "trial.yaml")
+    mlflow_s = time.perf_counter() - start
+    owned = tuning.connect(num_cpus=math.ceil(concurrency * profile.resources.cpu))
+    ray_start_s = time.perf_counter() - start - mlflow_s
+    try:
+        t0 = time.perf_counter()
+        tuning.run_trials([t.spec() for t in trials], storage=out / "ray", name="bench",
+                          resources=profile.resources.model_dump(), max_concurrent=concurrency,
+                          callback=tuning.MlflowCallback(tracker.uri, parent, total=len(trials)))
+        tune_s = time.perf_counter() - t0
+    finally:
+        if owned:
+            tuning.shutdown()
+    tracker.finish(parent, "FINISHED")
+    wall = time.perf_counter() - start
+    runs = tracker.children(parent)
+    return {"wall_s": wall, "mlflow_setup_s": mlflow_s, "ray_start_s": ray_start_s, "tune_s": tune_s,
+            "trials": {k: {"status": r.info.status, "last_top1": r.data.metrics.get("last_top1")}
+                       for k, r in runs.items()}}
+
+
+def bench_harness(study_path: str, *, profile: str = "laptop", rows: tuple[str, ...] = ("TSN", "TSM", "Ours"),
+                  trials: int = 6, epochs: int | None = None, concurrency: int | None = None) -> dict[str, Any]:
+    """The same trials through Ray Tune + MLflow and through a plain process pool of equal concurrency.
+
+    Wall ratio = Ray wall / plain wall. Per-trial overhead = (Ray wall - plain
+    wall) x concurrency / trials: the extra seconds each trial slot costs,
+    Ray's start-up and MLflow's bookkeeping included.
+    """
+    from .data import ensure_synth
+    from .run import plan, resolve_profile
+
+    study = load_study(study_path)
+    unknown = [r for r in rows if r not in study.rows]
+    if unknown:
+        raise ValueError(f"{study_path}: no row(s) {unknown}; rows: {', '.join(study.rows)}")
+    study = study.model_copy(update={"rows": {r: study.rows[r] for r in rows}})
+    prof = resolve_profile(study, profile, seeds=math.ceil(trials / len(rows)))
+    if epochs is not None:
+        prof.recipe = prof.recipe.model_copy(update={"epochs": epochs})
+    todo = plan(study, profile, prof)[:trials]
+    slots = max(1, int((os.cpu_count() or 1) // prof.resources.cpu))
+    concurrency = min(concurrency or slots, len(todo))
+    for data in {t.config.data.root: t.config.data for t in todo if t.config.data.format == "synth"}.values():
+        ensure_synth(data)  # once, before either path, as harness run does
+    with tempfile.TemporaryDirectory(prefix="bench-harness-") as tmp:
+        log.info("plain: %d trials, %d at a time", len(todo), concurrency)
+        plain = _plain_loop(todo, Path(tmp) / "plain", concurrency)
+        log.info("Ray Tune + MLflow: %d trials, %d at a time", len(todo), concurrency)
+        ray_ = _ray_tune(study, profile, prof, todo, Path(tmp) / "ray", concurrency)
+    same = sum(ray_["trials"].get(k, {}).get("last_top1") == p["last_top1"] for k, p in plain["trials"].items())
+    finished = [sum(t["status"] == "FINISHED" for t in path["trials"].values()) for path in (plain, ray_)]
+    return {
+        "study": str(study_path), "profile": profile, "trials": len(todo), "epochs": prof.recipe.epochs,
+        "concurrency": concurrency, "threads_per_trial": prof.recipe.threads,
+        "baseline": f"harness.train.fit in a ProcessPoolExecutor of {concurrency} spawned processes "
+                    f"({prof.recipe.threads} torch thread(s) each)",
+        "plain_wall_s": plain["wall_s"],
+        "plain_trial_s": float(np.mean([t["seconds"] for t in plain["trials"].values()])),
+        "ray_wall_s": ray_["wall_s"], "ray_start_s": ray_["ray_start_s"],
+        "mlflow_setup_s": ray_["mlflow_setup_s"], "tune_s": ray_["tune_s"],
+        "wall_ratio": ray_["wall_s"] / plain["wall_s"],
+        "overhead_per_trial_s": (ray_["wall_s"] - plain["wall_s"]) * concurrency / len(todo),
+        "finished_plain": finished[0], "finished_ray": finished[1], "same_last_top1": same,
+    }
+
+
+def harness_markdown(r: dict[str, Any]) -> str:
+    import pandas as pd
+
+    table = pd.DataFrame([
+        {"path": "plain: " + r["baseline"], "wall_s": r["plain_wall_s"], "finished": r["finished_plain"]},
+        {"path": f"Ray Tune + MLflow, as harness run (Ray start {r['ray_start_s']:.1f} s, MLflow set-up "
+                 f"{r['mlflow_setup_s']:.1f} s, Tune {r['tune_s']:.1f} s)",
+         "wall_s": r["ray_wall_s"], "finished": r["finished_ray"]},
+    ]).round(1).to_markdown(index=False)
+    verdict = "met" if r["wall_ratio"] <= 1.10 else "missed"
+    return (f"{r['trials']} trials of {r['study']} ({r['profile']} profile, {r['epochs']} epochs, "
+            f"{r['plain_trial_s']:.1f} s per trial on average in the plain path), {r['concurrency']} at a time.\n\n"
+            f"{table}\n\n"
+            f"wall ratio (Ray / plain): {r['wall_ratio']:.3f}; overhead per trial: "
+            f"{r['overhead_per_trial_s']:.1f} s = (Ray wall - plain wall) x {r['concurrency']} / {r['trials']}. "
+            f"Goal ratio <= 1.10 for 60-second trials: {verdict} at {r['plain_trial_s']:.0f}-second trials. "
+            f"Same last-epoch val top-1 in both paths: {r['same_last_top1']}/{r['trials']} trials.\n")
+
+
 def main(args) -> int:
     if args.bench_command == "blocks":
         return _main_blocks(args)
@@ -186,7 +325,33 @@ def main(args) -> int:
         _print(rows, args.format, f"Training loader vs model, {args.study} ({args.profile} profile), "
                f"{machine()}; goal: loader >= 1.5x model.")
         return 0
+    if args.bench_command == "harness":
+        result = bench_harness(args.study, profile=args.profile, rows=tuple(args.rows.split(",")),
+                               trials=args.trials, epochs=args.epochs, concurrency=args.concurrency)
+        if args.format == "json":
+            json.dump(result, sys.stdout, indent=1)
+            print()
+        else:
+            print(f"Ray Tune + MLflow vs a plain loop ({machine()}).\n\n{harness_markdown(result)}")
+        return 0
+    if args.bench_command == "report":
+        from .tables import write_atomic
+
+        sections = {Path(p).stem: Path(p).read_text(encoding="utf-8") for p in args.sections}
+        print(write_atomic(report_markdown(sections), args.out))
+        return 0
     raise SystemExit(f"unknown bench {args.bench_command}")
+
+
+def report_markdown(sections: dict[str, str]) -> str:
+    """results/bench.md: where it ran, then one section per bench output (``harness bench X --format md``)."""
+    from .tracking import git_commit
+
+    head = (f"# harness bench\n\n- CPU: {cpu_model()}\n- cores: {os.cpu_count()}\n"
+            f"- torch: {torch.__version__} ({torch.get_num_threads()} threads by default)\n"
+            f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}\n- commit: {git_commit()}\n")
+    body = "".join(f"\n## {name}\n\n{text.strip()}\n" for name, text in sections.items())
+    return head + body
 
 
 def _main_blocks(args) -> int:

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.errors import named
+
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bumped when the layout of the dict changes
@@ -39,6 +41,9 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk: name the checkpoint, not the temp file
+        Path(tmp).unlink(missing_ok=True)
+        raise named(e, path) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -53,6 +58,9 @@ def copy_atomic(src: str | Path, dst: str | Path) -> Path:
     try:
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise named(e, dst) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -68,7 +76,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError or EOFError by cause
         raise ValueError(
-            f"cannot load checkpoint {path} with torch.load(weights_only=True): {e}. "
+            f"cannot load checkpoint {path} with torch.load(weights_only=True): {refusal(e)}. "
             "It is damaged or was not written by harness.train; delete it or start without --resume."
         ) from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -77,6 +85,15 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
             f"(found format {state.get('format') if isinstance(state, dict) else type(state).__name__})"
         )
     return state
+
+
+def refusal(exc: BaseException) -> str:
+    """The line of a ``torch.load(weights_only=True)`` error that says what was refused, without torch's
+    advice to retry with ``weights_only=False`` (which would run the code in the file)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    noise = ("Weights only load failed", "Check the documentation", "Please file an issue", "In PyTorch 2.6")
+    kept = [ln for ln in lines if not ln.startswith(noise)]
+    return (kept or lines or [type(exc).__name__])[0].rstrip(".")
 
 
 def rng_state() -> dict[str, Any]:

@@ -140,6 +140,22 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--steps", type=int, default=10, help="model steps timed")
     d.add_argument("--format", choices=["md", "json"], default="md")
     d.set_defaults(target="harness.bench:main")
+    h = bsub.add_parser("harness", help="the same trials through Ray Tune + MLflow and through a plain "
+                        "process pool of equal concurrency: wall ratio and per-trial overhead")
+    h.add_argument("--study", default="studies/table1.yaml")
+    h.add_argument("--profile", default="laptop")
+    h.add_argument("--rows", default="TSN,TSM,Ours", help="comma-separated rows, repeated over seeds")
+    h.add_argument("--trials", type=int, default=6)
+    h.add_argument("--epochs", type=int, default=None,
+                   help="epochs per trial, i.e. the trial length (default: the profile's)")
+    h.add_argument("--concurrency", type=int, default=None,
+                   help="trials at a time in both paths (default: cores / the profile's CPUs per trial)")
+    h.add_argument("--format", choices=["md", "json"], default="md")
+    h.set_defaults(target="harness.bench:main")
+    r = bsub.add_parser("report", help="assemble bench outputs (md files) into one report with the machine")
+    r.add_argument("sections", nargs="+", help="md files, one section each, titled by file name")
+    r.add_argument("--out", default="results/bench.md")
+    r.set_defaults(target="harness.bench:main")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,10 @@ A study file::
       TSN: {block: tsn}
       Ours: {block: vps, proportion: 0.25}
 
+A ``kind: search`` study has one row and a ``search:`` section (:class:`Search`):
+the space Optuna samples around that row, the objective and a budget per profile
+(``studies/rf_search.yaml``).
+
 A train file (``harness train``) is one resolved trial: backbone, data, recipe,
 row and seed.
 """
@@ -122,6 +126,10 @@ class Data(Strict):
     scale_size: int | None = None  # short side before cropping; default size * 8 / 7 (128 -> 112, 256 -> 224)
     flip: bool = False  # off for Something-Something (left/right classes)
     flip_label_swap: dict[int, int] | None = None
+    # TSM's train-time multi-scale crop (zoom x0.875-1.33 at 32 -> 28 px). False: a `size` crop at one of the
+    # same positions, no zoom. Scale probes turn it off: the zoom would show a training set of medium-sized
+    # objects the sizes and speeds that its test cells hold out.
+    multiscale_crop: bool = True
     test_clips: int = Field(1, ge=1)
     test_crops: Literal[1, 3, 5, 10] = 1
     workers: int = Field(0, ge=0)
@@ -175,8 +183,40 @@ class Recipe(Strict):
 
 
 class Resources(Strict):
+    """What one trial asks of the cluster; ``cpu`` and ``gpu`` are per data-parallel worker.
+
+    ``workers > 1`` trains each trial data-parallel (Ray Train, DDP: gloo on CPU, nccl on GPU), so a
+    trial takes ``workers x cpu`` CPUs and ``workers x gpu`` GPUs. ``recipe.batch_size`` stays the
+    global batch: each worker takes ``batch_size / workers`` clips a step (it must divide).
+    """
+
     cpu: float = Field(1, gt=0)
     gpu: float = Field(0, ge=0)
+    workers: int = Field(1, ge=1)
+
+
+class RowData(Strict):
+    """The ``data`` keys one row changes in one profile (Table 4: frames 8 / 16, side 112 / 224, test views).
+
+    A row that sets ``size`` but not ``scale_size`` gets the default resize of
+    its own size (``size * 8 / 7``), not the profile's resize of another size.
+    """
+
+    frames: int | None = Field(None, ge=1)
+    size: int | None = Field(None, ge=8)
+    scale_size: int | None = Field(None, ge=8)
+    test_clips: int | None = Field(None, ge=1)
+    test_crops: Literal[1, 3, 5, 10] | None = None
+
+    def apply(self, data: Data) -> Data:
+        update = self.model_dump(exclude_none=True)
+        if "size" in update and "scale_size" not in update:
+            update["scale_size"] = None
+        merged = Data.model_validate({**data.model_dump(), **update})
+        if merged.resize < merged.size:
+            raise ValueError(f"scale_size {merged.resize} is below size {merged.size}: a crop cannot be "
+                             "larger than the resized frame")
+        return merged
 
 
 class Row(Strict):
@@ -188,6 +228,8 @@ class Row(Strict):
     backbone: Literal["resnet50", "resnet101"] = "resnet50"
     # Recipe keys this row changes (Table 2: the loss weights alpha, beta); same for every profile.
     recipe: dict[str, Any] = Field(default_factory=dict)
+    # Data keys this row changes, per profile: a row's "16 frames at 224" is 8 frames at 28 px on the laptop.
+    data: dict[Literal["laptop", "paper"], RowData] = Field(default_factory=dict)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -258,6 +300,126 @@ class Regime(Strict):
         return data.model_copy(update={"root": f"{data.root}-{name}", "synth": synth})
 
 
+class SearchParam(Strict):
+    """One dimension of a search space: exactly one of ``choice``, ``loguniform`` or ``uniform``.
+
+    A plain list is a ``choice``. ``or_zero`` (log-uniform only) also tries
+    exactly 0, which no log scale holds: Optuna gets a categorical
+    ``<name>_zero`` (False/True) beside a log-uniform ``<name>_log``, and the
+    trial uses 0 when ``<name>_zero`` is True (``harness.search.decode``).
+    """
+
+    choice: list[str | int | float | bool] | None = None
+    loguniform: Range | None = None
+    uniform: Range | None = None
+    or_zero: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _list_is_a_choice(cls, value: Any) -> Any:
+        return {"choice": value} if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "SearchParam":
+        given = [k for k in ("choice", "loguniform", "uniform") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of choice, loguniform, uniform; got {given or 'none'}")
+        if self.choice is not None and (not self.choice or len(set(map(repr, self.choice))) < len(self.choice)):
+            raise ValueError(f"choice must list distinct values, got {self.choice}")
+        low, high = self.loguniform or self.uniform or (0, 1)
+        if not low < high or (self.loguniform is not None and low <= 0):
+            raise ValueError(f"range must be [low, high] with {'0 < ' if self.loguniform else ''}low < high, "
+                             f"got {[low, high]}")
+        if self.or_zero and self.loguniform is None:
+            raise ValueError("or_zero is for loguniform ranges (a choice can list 0 itself)")
+        return self
+
+    def values(self) -> list[Any]:
+        """Values a check can try: every choice, the ends of a range, and 0 with ``or_zero``."""
+        return list(self.choice or self.loguniform or self.uniform) + ([0.0] if self.or_zero else [])
+
+
+class SearchBudget(Strict):
+    """What a search spends under one profile: samples, concurrency and ASHA's early stopping."""
+
+    num_samples: int = Field(16, ge=1)  # configurations sampled, the ones over the FLOPs budget included
+    max_concurrent: int = Field(2, ge=1)  # trials at once; TPE learns from a trial only once it ends
+    grace_period: int = Field(1, ge=1)  # ASHA: epochs every trial trains before it can be stopped
+    reduction_factor: float = Field(2, gt=1)  # ASHA: at each rung, the top 1/reduction_factor go on
+
+
+class Search(Strict):
+    """A ``kind: search`` study: Optuna samples the one row's options and recipe keys, Ray Tune trains them.
+
+    Single objective: ``metric`` (max) with TPE and ASHA. ``multi_objective``:
+    (``metric`` max, GFLOPs min) with NSGA-II and no early stopping, since ASHA
+    ranks by accuracy alone and would stop the cheap configurations a Pareto
+    front is for. GFLOPs are the paper backbone's at the paper profile's input
+    (``harness.profile``), known before training: a configuration above
+    ``flops_budget`` is not trained and is told to Optuna as the worst top-1 (0).
+    """
+
+    space: dict[str, SearchParam]
+    metric: Literal["val_top1", "val_top5"] = "val_top1"
+    mode: Literal["max"] = "max"  # accuracies only: 0 is then the worst value a pruned trial is told
+    multi_objective: bool = False
+    flops_budget: float | None = Field(None, gt=0)  # GFLOPs per clip at the paper profile's frames and size
+    seed: int = 0  # the sampler's seed and every trial's training seed
+    startup_trials: int = Field(10, ge=0)  # TPE: random configurations before its model takes over
+    population_size: int = Field(8, ge=2)  # NSGA-II: configurations per generation
+    # The configuration the paper chose (values of space keys), marked on the Pareto front.
+    reference: dict[str, Any] = Field(default_factory=dict)
+    top_k: int = Field(10, ge=1)  # lines of the results table
+    budget: dict[Literal["laptop", "paper"], SearchBudget]
+
+    @model_validator(mode="after")
+    def _reference_in_space(self) -> "Search":
+        unknown = sorted(set(self.reference) - set(self.space))
+        if unknown:
+            raise ValueError(f"reference names {unknown}, which are not keys of the space {sorted(self.space)}")
+        if not self.space:
+            raise ValueError("space is empty: name at least one option or recipe key to search")
+        return self
+
+
+def check_search(search: Search, rows: dict[str, Row], profiles: dict[str, Profile]) -> None:
+    """What a search section must agree on with the rest of its study; each message names the key."""
+    import difflib
+
+    import blocks
+
+    if len(rows) != 1:
+        raise ValueError(f"a search study has one base row, the configuration the space overrides; "
+                         f"rows has {len(rows)}: {', '.join(rows)}")
+    row = next(iter(rows.values()))
+    options = blocks.options(row.block)
+    for key, param in search.space.items():
+        if key in Recipe.model_fields and key in options:
+            raise ValueError(f"space.{key} is both a recipe key and an option of block {row.block!r}")
+        if key not in Recipe.model_fields and key not in options:
+            close = difflib.get_close_matches(key, [*options, *Recipe.model_fields], n=1)
+            raise ValueError(f"space.{key} is neither a recipe key nor an option of block {row.block!r}"
+                             + (f"; did you mean {close[0]!r}?" if close else ""))
+        for value in param.values():
+            try:
+                if key in options:
+                    blocks.check(row.block, {**row.options, key: value})
+                else:
+                    for prof in profiles.values():
+                        Recipe.model_validate({**prof.recipe.model_dump(), **row.recipe, key: value})
+            except Exception as exc:  # noqa: BLE001 - any refusal is the value's fault; say which
+                raise ValueError(f"space.{key}: value {value!r} is refused: {str(exc).splitlines()[0]}") from None
+    missing = [p for p in profiles if p not in search.budget]
+    if missing:
+        raise ValueError(f"budget: give a budget for every profile; missing: {', '.join(missing)}")
+    for name, budget in search.budget.items():
+        if name not in profiles:
+            raise ValueError(f"budget.{name}: the study has no profile {name!r}")
+        if budget.grace_period > profiles[name].recipe.epochs:
+            raise ValueError(f"budget.{name}.grace_period {budget.grace_period} is above the profile's "
+                             f"{profiles[name].recipe.epochs} epochs")
+
+
 class Study(Strict):
     name: str
     kind: Literal["table", "search", "probe"] = "table"
@@ -267,6 +429,28 @@ class Study(Strict):
     rows: dict[str, Row]
     # Probe studies: named train/test conditions; the runner will expand rows x regimes x seeds.
     regimes: dict[str, Regime] | None = None
+    # Which epoch the paper's figures are: "best" (picked on the val set, as GST's authors did), "last",
+    # or "unstated" when the paper does not say (PSN does not). Tables print it and compute Δ top-1 with it.
+    paper_epoch: Literal["best", "last", "unstated"] = "unstated"
+    # The study's PNG: top-1 against GFLOPs (tables), or the ||T_ij||_1 heatmaps of Fig. 5 (harness.plots).
+    figure: Literal["accuracy_vs_gflops", "fusion_matrices"] = "accuracy_vs_gflops"
+    # kind: search only: the space Optuna samples around the one row, objective, budgets (harness.search).
+    search: Search | None = None
+
+    @field_validator("search")
+    @classmethod
+    def _search_fits_the_study(cls, search: Search | None, info) -> Search | None:
+        if search is not None and "rows" in info.data and "profiles" in info.data:
+            check_search(search, info.data["rows"], info.data["profiles"])
+        return search
+
+    @model_validator(mode="after")
+    def _search_belongs_to_searches(self) -> "Study":
+        if self.kind == "search" and self.search is None:
+            raise ValueError("kind: search needs a search: section (space, budget); see studies/rf_search.yaml")
+        if self.kind != "search" and self.search is not None:
+            raise ValueError(f"search: is for kind: search studies; this study is kind: {self.kind}")
+        return self
 
     @field_validator("rows")
     @classmethod
@@ -284,6 +468,18 @@ class Study(Strict):
         bad = [n for n in self.regimes or {} if not re.fullmatch(r"[A-Za-z0-9_.-]+", n)]
         if bad:  # a regime's name becomes part of its synth folder and of MLflow names
             raise ValueError(f"regime names may hold letters, digits, '_', '-' and '.' only; rename {bad}")
+        return self
+
+    @model_validator(mode="after")
+    def _row_data_fits_its_profile(self) -> "Study":
+        for name, row in self.rows.items():
+            for profile, override in row.data.items():
+                if profile not in self.profiles:
+                    raise ValueError(f"rows.{name}.data names profile {profile!r}, which this study does not have")
+                try:
+                    override.apply(self.profiles[profile].data)
+                except ValueError as exc:
+                    raise ValueError(f"rows.{name}.data.{profile}: {exc}") from None
         return self
 
     @model_validator(mode="after")
@@ -314,7 +510,14 @@ def trial_config(study: Study, profile: str, row: str, seed: int) -> TrainConfig
     spec = study.rows[row]
     recipe = Recipe.model_validate({**prof.recipe.model_dump(), **spec.recipe})
     return TrainConfig(name=f"{study.name}/{profile}/{row}/seed{seed}", backbone=prof.backbone,
-                       data=prof.data, recipe=recipe, row=spec, seed=seed)
+                       data=row_data(study, profile, row), recipe=recipe, row=spec, seed=seed)
+
+
+def row_data(study: Study, profile: str, row: str) -> Data:
+    """The profile's ``data`` with the row's overrides for that profile (frames, size, test views)."""
+    data = study.profiles[profile].data
+    override = study.rows[row].data.get(profile)
+    return override.apply(data) if override is not None else data
 
 
 _ENV = re.compile(r"\$\{(\w+)\}")

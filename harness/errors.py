@@ -1,6 +1,9 @@
-"""One-line config errors: ``error: <file>[:<line>]: <key>: <what to fix>``, exit code 2."""
+"""One-line errors. Config: ``error: <file>[:<line>]: <key>: <what to fix>``, exit code 2.
+Environment (disk full, no permission): ``error: <path>: <reason>; <what to do>``."""
 from __future__ import annotations
 
+import errno
+import logging
 import sys
 from pathlib import Path
 
@@ -53,3 +56,34 @@ def describe(path: str | Path, exc: BaseException) -> str:
 def fail_config(path: str | Path, exc: BaseException) -> int:
     print(f"error: {describe(path, exc)}", file=sys.stderr)
     return 2
+
+
+# ----------------------------------------------------------------------------- environment faults
+
+_HINTS = {
+    errno.ENOSPC: "free disk space",
+    errno.EDQUOT: "free disk space (quota exceeded)",
+    errno.EACCES: "make it writable or run from another folder",
+    errno.EPERM: "make it writable or run from another folder",
+    errno.EROFS: "the filesystem is read-only; run from another folder",
+    errno.ENOTDIR: "a file stands where a folder is needed; move it away",
+}
+
+
+def named(exc: OSError, path: str | Path) -> OSError:
+    """``exc`` about ``path`` (the file the user knows) instead of the temporary file it happened on."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
+
+
+def describe_environment(exc: OSError) -> str:
+    """One line for a disk or permission fault: the path, what the system said, what to do."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    hint = _HINTS.get(exc.errno)
+    return f"{where}{exc.strerror or exc}{f'; {hint}' if hint else ''}"
+
+
+def fail_environment(exc: OSError, code: int = 1, then: str | None = None) -> int:
+    """Print ``error: <path>: <reason>; <what to do>`` (no traceback; ``-v`` logs it) and return ``code``."""
+    logging.getLogger(__name__).debug("environment fault", exc_info=exc)
+    print(f"error: {describe_environment(exc)}{f'; {then}' if then else ''}", file=sys.stderr)
+    return code

@@ -6,7 +6,9 @@ file is touched. Each failure names the key to fix.
 """
 from __future__ import annotations
 
+import errno
 import os
+import tempfile
 from pathlib import Path
 
 from .config import Profile
@@ -46,13 +48,35 @@ def check_profile(profile: Profile, name: str, *, cluster_cpus: float | None = N
         check_path(data.annotations, (*base, "data", "annotations"), "annotation folder")
     check_path(profile.backbone.pretrained, (*base, "backbone", "pretrained"), "checkpoint")
     res = profile.resources
-    if cluster_cpus is not None and res.cpu > cluster_cpus:
+    if profile.recipe.batch_size % res.workers:
+        raise PreflightError((*base, "resources", "workers"),
+                             f"{res.workers} workers cannot split recipe.batch_size {profile.recipe.batch_size} "
+                             "evenly (it is the global batch); pick a divisor of it")
+    # cpu and gpu are per worker; a data-parallel trial's driver takes no CPU slot (harness.tune)
+    cpus, gpus = res.workers * res.cpu, res.workers * res.gpu
+    per = f" ({res.workers} workers)" if res.workers > 1 else ""
+    if cluster_cpus is not None and cpus > cluster_cpus:
         raise PreflightError((*base, "resources", "cpu"),
-                             f"a trial asks for {res.cpu:g} CPUs but the cluster has {cluster_cpus:g}; lower it")
-    if cluster_gpus is not None and res.gpu > cluster_gpus:
+                             f"a trial asks for {cpus:g} CPUs{per} but the cluster has {cluster_cpus:g}; lower it")
+    if cluster_gpus is not None and gpus > cluster_gpus:
         raise PreflightError((*base, "resources", "gpu"),
-                             f"a trial asks for {res.gpu:g} GPUs but the cluster has {cluster_gpus:g}; "
+                             f"a trial asks for {gpus:g} GPUs{per} but the cluster has {cluster_gpus:g}; "
                              "lower it or pass --address of a GPU cluster")
+
+
+def check_writable(folder: str | Path) -> None:
+    """Create ``folder`` and a file in it now: an unwritable work or results folder fails before the
+    trials, not after days of them. Raises the OSError (with the folder's name)."""
+    folder = Path(folder).resolve()
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(folder))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(folder)) from e
 
 
 def local_resources() -> tuple[float, float]:

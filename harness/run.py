@@ -31,6 +31,7 @@ from harness.config import Profile, Study, TrainConfig, trial_config
 log = logging.getLogger(__name__)
 
 WORK = Path("work")
+FINGERPRINT, PROTOCOL = "harness.data_fingerprint", "harness.protocol"  # tags on every child run (and the parent)
 
 
 @dataclass(frozen=True)
@@ -116,16 +117,26 @@ def profile_sizes(study: Study) -> list[int]:
     return sorted(sizes) or [next(iter(study.profiles.values())).data.size]
 
 
-def profile_rows(study: Study, sizes: list[int], frames: int) -> dict[str, dict[str, Any]]:
-    """Params and GFLOPs of every row on its paper backbone (``harness.profile``)."""
+def profile_rows(study: Study, sizes: list[int], profile: str = "paper") -> dict[str, dict[str, Any]]:
+    """Params and GFLOPs of every row on its paper backbone (``harness.profile``).
+
+    Each row at its paper setting (``row_data`` of the paper profile, else of
+    ``profile``): its frames, and its own side besides ``sizes`` (Table 4's
+    rows are 8 or 16 frames at 112 or 224).
+    """
+    from harness.config import row_data
     from harness.profile import profile_row
 
+    base = "paper" if "paper" in study.profiles else profile
     out = {}
     for name, row in study.rows.items():
         start = time.perf_counter()
-        out[name] = profile_row(row, num_classes=study.num_classes, frames=frames, sizes=sizes)
-        log.info("profiled %-20s %6.2f M params  %s GFLOPs  (%.1f s)", name, out[name]["params"] / 1e6,
-                 " / ".join(f"{out[name]['gflops'][str(s)]:.2f}@{s}" for s in sizes), time.perf_counter() - start)
+        data = row_data(study, base, name)
+        row_sizes = sorted({*sizes, data.size})
+        out[name] = profile_row(row, num_classes=study.num_classes, frames=data.frames, sizes=row_sizes)
+        log.info("profiled %-20s %6.2f M params  %s GFLOPs at %d frames  (%.1f s)", name,
+                 out[name]["params"] / 1e6, " / ".join(f"{out[name]['gflops'][str(s)]:.2f}@{s}" for s in row_sizes),
+                 data.frames, time.perf_counter() - start)
     return out
 
 
@@ -139,9 +150,159 @@ def profile_metrics(prof: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def check_lr_scaling(trials: list[Trial]) -> list[str]:
+    """Warn, once per distinct recipe, when a batch differs from the recipe's reference batch at an unscaled lr.
+
+    TSM #96: batch 20 at the lr chosen for batch 64 gave 41.6 top-1 against
+    45.6. With ``scale_lr`` (the default) the lr follows the batch linearly
+    (``Recipe.effective_lr``); with ``scale_lr: false`` it does not, and that
+    is worth a warning. Returns the messages logged at WARNING level.
+    """
+    rows: dict[tuple, list[str]] = {}
+    for t in trials:
+        r = t.config.recipe
+        if r.reference_batch is not None and r.batch_size != r.reference_batch:
+            rows.setdefault((r.batch_size, r.reference_batch, r.lr, r.scale_lr), []).append(t.label)
+    every = set(t.label for t in trials)
+    warnings = []
+    for (batch, ref, lr, scaled), labels in rows.items():
+        names = "every row" if set(labels) == every and len(every) > 1 else ", ".join(dict.fromkeys(labels))
+        if scaled:
+            log.info("lr scaled linearly to batch %d: %g x %d/%d = %g (%s)", batch, lr, batch, ref,
+                     lr * batch / ref, names)
+            continue
+        msg = (f"batch {batch} differs from the recipe's reference_batch {ref}, and scale_lr is false: "
+               f"the lr stays {lr:g}, chosen for batch {ref}, for {names} (linear scaling would give "
+               f"{lr * batch / ref:g}; set recipe.scale_lr: true, or the batch back to {ref})")
+        log.warning("%s", msg)
+        warnings.append(msg)
+    return warnings
+
+
+def recipe_params(profile: Profile) -> dict[str, Any]:
+    """The resolved recipe as MLflow params: what a trial really trains with, beyond the raw keys.
+
+    ``recipe.global_batch_size`` is the batch per optimizer step (``batch_size``,
+    split over ``resources.workers`` when data-parallel); ``recipe.effective_lr`` the lr after
+    linear scaling; ``recipe.pretrain`` the ImageNet checkpoint or ``none``.
+    The harness has no partial-BN option: every BN layer trains, so there is no
+    key for it. ``provenance.<key>`` says where each recipe value comes from
+    (``unstated`` where the profile does not say, as in laptop profiles).
+    """
+    r = profile.recipe
+    out: dict[str, Any] = {"recipe.global_batch_size": r.batch_size, "recipe.effective_lr": r.effective_lr,
+                           "recipe.epochs": r.epochs, "recipe.schedule": r.schedule,
+                           "recipe.pretrain": profile.backbone.pretrained or "none"}
+    out.update({f"provenance.{k}": profile.provenance.get(k, "unstated") for k in type(r).model_fields})
+    return out
+
+
+def data_fingerprints(trials: list[Trial]) -> dict[tuple, dict[str, str]]:
+    """Fingerprint of each distinct data copy the trials read, as tags, by :func:`data_key`.
+
+    ``harness.data_fingerprint`` hashes the train and val fingerprints
+    (``harness.data.fingerprint``, 16 clips each: 0.05-0.1 s per split on
+    the laptop Table 1 set, measured), so one value says "same data" for a table; the per-split values are
+    what ``harness data fingerprint --split val|train`` prints. A copy that
+    cannot be read is tagged ``unavailable`` (the trials will fail on it anyway).
+    """
+    import hashlib
+
+    from harness.data.fingerprint import fingerprint
+
+    out: dict[tuple, dict[str, str]] = {}
+    for t in trials:
+        key = data_key(t.config.data)
+        if key in out:
+            continue
+        t0 = time.perf_counter()
+        try:
+            splits = {split: fingerprint(t.config.data, split) for split in ("train", "val")}
+        except Exception as exc:  # noqa: BLE001 - recorded, not fatal: training reports the data error
+            log.warning("data fingerprint of %s unavailable: %s", t.config.data.root, exc)
+            out[key] = {FINGERPRINT: "unavailable"}
+            continue
+        both = hashlib.sha256(f"{splits['train']['fingerprint']}:{splits['val']['fingerprint']}".encode())
+        out[key] = {FINGERPRINT: both.hexdigest()[:16],
+                    f"{FINGERPRINT}.train": splits["train"]["fingerprint"],
+                    f"{FINGERPRINT}.val": splits["val"]["fingerprint"],
+                    "harness.data_decoder": splits["val"]["decoder"]}
+        log.info("data fingerprint %s for %s (%.2f s)", out[key][FINGERPRINT], t.config.data.root,
+                 time.perf_counter() - t0)
+    return out
+
+
+def data_key(data: Any) -> tuple:
+    """What a fingerprint depends on: the reader and where it reads (not frames or size)."""
+    return data.format, data.root, data.annotations
+
+
+def trace_tags(trial: Trial, fingerprints: dict[tuple, dict[str, str]]) -> dict[str, str]:
+    """Tags that say how a trial's top-1 was measured and on which data: protocol name and data fingerprint."""
+    from harness.protocol import Protocol
+
+    return {PROTOCOL: Protocol.from_data(trial.config.data).name,
+            **fingerprints.get(data_key(trial.config.data), {})}
+
+
+def start_parent_run(tracker: Any, study: Study, profile_name: str, profile: Profile, trials: list[Trial],
+                     *, study_path: str | Path, commit: str) -> str:
+    """The invocation's MLflow parent run: the resolved study, recipe (:func:`recipe_params`) and provenance."""
+    import yaml
+
+    from harness.tracking import COMMIT, GIT_COMMIT, flatten
+
+    resolved = study.model_dump(mode="json")
+    resolved["profiles"] = {profile_name: profile.model_dump(mode="json")}
+    params = {"study": study.name, "profile": profile_name, "trials": len(trials),
+              **flatten(profile.model_dump(mode="json", exclude={"provenance"})), **recipe_params(profile)}
+    parent_id = tracker.start_parent(
+        study.name, profile_name, params=params,
+        tags={COMMIT: commit, GIT_COMMIT: commit.removesuffix("+dirty"), "harness.seeds": str(profile.seeds),
+              "harness.study_file": str(study_path)})
+    tracker.log_text(parent_id, yaml.safe_dump(resolved, sort_keys=False), "study.resolved.yaml")
+    return parent_id
+
+
+def child_specs(trials: list[Trial], profiles: dict[str, dict], trace: dict[str, dict[str, str]],
+                commit: str) -> list[dict[str, Any]]:
+    """What :meth:`harness.tracking.Tracker.ensure_children` creates per trial: tags, params, profile metrics."""
+    from harness.tracking import COMMIT, GIT_COMMIT, flatten
+
+    return [{"key": t.key, "name": f"{t.label} seed{t.seed}",
+             "tags": {**t.tags, **trace[t.key], COMMIT: commit, GIT_COMMIT: commit.removesuffix("+dirty")},
+             "params": {**flatten(t.config.model_dump(mode="json")),
+                        "recipe.effective_lr": t.config.recipe.effective_lr},
+             "metrics": profile_metrics(profiles[t.row])} for t in trials]
+
+
+def retag_resumed(tracker: Any, runs: dict[str, Any], trace: dict[str, dict[str, str]]) -> None:
+    """A resumed trial reads the data as they are now: a trial not yet started takes today's fingerprint;
+    one that trained some epochs on other data gets both (``old+new``), which the tables flag."""
+    from harness.tracking import LAST_EPOCH
+
+    for key, run in runs.items():
+        before, now = run.data.tags.get(FINGERPRINT), trace[key].get(FINGERPRINT)
+        if before is None or now is None or now in before.split("+"):
+            continue
+        if int(run.data.metrics.get(LAST_EPOCH, 0)) == 0:
+            tracker.set_tags(run.info.run_id, trace[key])
+            continue
+        log.warning("%s: the data changed since this trial started (fingerprint %s, now %s); "
+                    "its result mixes both", key, before, now)
+        tracker.set_tags(run.info.run_id, {FINGERPRINT: f"{before}+{now}"})
+
+
+def _lr_origin(r: Any) -> str:
+    """`` (= 0.01 x 16/64)`` when the lr was scaled to the batch, else nothing."""
+    return f" (= {r.lr:g} x {r.batch_size}/{r.reference_batch})" if r.effective_lr != r.lr else ""
+
+
 def _plan_text(study: Study, profile_name: str, profile: Profile, trials: list[Trial],
                profiles: dict[str, dict], sizes: list[int], max_concurrent: int | None) -> str:
     import pandas as pd
+
+    from harness.protocol import Protocol
 
     rows = []
     for t in trials:
@@ -151,11 +312,15 @@ def _plan_text(study: Study, profile_name: str, profile: Profile, trials: list[T
                      "paper params (M)": round(p["params"] / 1e6, 2),
                      **{f"GFLOPs@{s}": round(p["gflops"][str(s)], 2) for s in sizes}})
     r, d = profile.recipe, profile.data
-    head = (f"{study.name}: {len(study.rows)} rows x {profile.seeds} seeds = {len(trials)} trials, "
+    regimes = f" x {len(study.regimes)} regimes" if study.regimes else ""
+    head = (f"{study.name}: {len(study.rows)} rows{regimes} x {profile.seeds} seeds = {len(trials)} trials, "
             f"profile {profile_name}\n"
             f"backbone {profile.backbone.arch} (width {profile.backbone.width}), data {d.format} at {d.root} "
-            f"({d.frames} frames, {d.size}px), {r.epochs} epochs, batch {r.batch_size}, lr {r.lr} {r.schedule}, "
-            f"{r.threads} thread(s)\nper trial: {profile.resources.cpu:g} CPU, {profile.resources.gpu:g} GPU; "
+            f"({d.frames} frames, {d.size}px; test protocol {Protocol.from_data(d).name}), {r.epochs} epochs, "
+            f"batch {r.batch_size}, lr {r.effective_lr:g}{_lr_origin(r)} {r.schedule}, "
+            f"{r.threads} thread(s)\nper trial: {profile.resources.cpu:g} CPU, {profile.resources.gpu:g} GPU"
+            + (f" per worker x {profile.resources.workers} data-parallel workers" if profile.resources.workers > 1
+               else "") + "; "
             f"concurrency: {max_concurrent or 'as many as the cluster fits'}\n")
     return head + "\n" + pd.DataFrame(rows).to_markdown(index=False)
 
@@ -175,16 +340,33 @@ def main(args: Any) -> int:
         check_profile(profile, args.profile, cluster_cpus=cpus, cluster_gpus=gpus)
     except Exception as exc:  # noqa: BLE001 - a config error is one line and exit 2
         return fail_config(args.study, exc)
+    from harness.errors import fail_environment
+    from harness.preflight import check_writable
+    from harness.tables import RESULTS
+
+    try:  # before any trial: a results folder found unwritable after days of training costs the days
+        for folder in () if args.dry_run else (WORK, RESULTS):
+            check_writable(folder)
+    except OSError as exc:
+        return fail_environment(exc, 2)
+    if study.kind == "search":  # sampled trials, not a grid: harness.search plans, runs and tabulates them
+        from harness import search
+
+        return search.main(args, study, profile)
     trials = plan(study, args.profile, profile)
+    check_lr_scaling(trials)
     sizes = profile_sizes(study)
-    frames = study.profiles["paper"].data.frames if "paper" in study.profiles else profile.data.frames
-    profiles = profile_rows(study, sizes, frames)
+    profiles = profile_rows(study, sizes, args.profile)
     if args.dry_run:
         print(_plan_text(study, args.profile, profile, trials, profiles, sizes, args.max_concurrent))
         print("\n--dry-run: nothing trained, no Ray started, nothing written.")
         return 0
-    return execute(study, args.profile, profile, trials, profiles, study_path=args.study,
-                   address=args.address, max_concurrent=args.max_concurrent, resume=args.resume)
+    try:
+        return execute(study, args.profile, profile, trials, profiles, study_path=args.study,
+                       address=args.address, max_concurrent=args.max_concurrent, resume=args.resume)
+    except OSError as exc:  # a disk that filled up or turned read-only during the run
+        return fail_environment(exc, 1, then=f"fix it, then continue with: harness run {args.study} "
+                                             f"--profile {args.profile} --resume")
 
 
 def execute(study: Study, profile_name: str, profile: Profile, trials: list[Trial], profiles: dict[str, dict],
@@ -194,7 +376,7 @@ def execute(study: Study, profile_name: str, profile: Profile, trials: list[Tria
     import yaml
 
     from harness import tables
-    from harness.tracking import COMMIT, GIT_COMMIT, RAY_EXPERIMENT, Tracker, default_uri, flatten, git_commit
+    from harness.tracking import RAY_EXPERIMENT, Tracker, default_uri, git_commit
 
     start = time.perf_counter()
     synth = {t.config.data.root: t.config.data for t in trials if t.config.data.format == "synth"}
@@ -204,6 +386,9 @@ def execute(study: Study, profile_name: str, profile: Profile, trials: list[Tria
         t0 = time.perf_counter()
         ensure_synth(data)
         log.info("synthetic data ready at %s (%.1f s)", root, time.perf_counter() - t0)
+
+    fingerprints = data_fingerprints(trials)  # after the synth data exist; once per distinct data copy
+    trace = {t.key: trace_tags(t, fingerprints) for t in trials}
 
     tracker = Tracker(default_uri(WORK))
     tracker.prepare()  # the database exists before any worker starts
@@ -219,23 +404,14 @@ def execute(study: Study, profile_name: str, profile: Profile, trials: list[Tria
         tracker.reopen(parent_id)
         log.info("resuming parent run %s (%s)", parent_id, parent.info.run_name)
     else:
-        resolved = study.model_dump(mode="json")
-        resolved["profiles"] = {profile_name: profile.model_dump(mode="json")}
-        parent_id = tracker.start_parent(
-            study.name, profile_name,
-            params={"study": study.name, "profile": profile_name, "trials": len(trials),
-                    **flatten(profile.model_dump(mode="json"))},
-            tags={COMMIT: commit, GIT_COMMIT: commit.removesuffix("+dirty"), "harness.seeds": str(profile.seeds),
-                  "harness.study_file": str(study_path)})
-        tracker.log_text(parent_id, yaml.safe_dump(resolved, sort_keys=False), "study.resolved.yaml")
+        parent_id = start_parent_run(tracker, study, profile_name, profile, trials, study_path=study_path,
+                                     commit=commit)
         exp_path = storage / f"{profile_name}-{time.strftime('%Y%m%d-%H%M%S')}"
         tracker.set_tags(parent_id, {RAY_EXPERIMENT: str(exp_path)})
+    tracker.set_tags(parent_id, {k: ", ".join(sorted({tags[k] for tags in trace.values()}))
+                                 for k in (PROTOCOL, FINGERPRINT)})
 
-    children = tracker.ensure_children(parent_id, [{
-        "key": t.key, "name": f"{t.label} seed{t.seed}",
-        "tags": {**t.tags, COMMIT: commit, GIT_COMMIT: commit.removesuffix("+dirty")},
-        "params": flatten(t.config.model_dump(mode="json")),
-        "metrics": profile_metrics(profiles[t.row])} for t in trials])
+    children = tracker.ensure_children(parent_id, child_specs(trials, profiles, trace, commit))
     for t in trials:  # a trial config per child, the file `harness train` reads
         if tracker.status(children[t.key]) == "SCHEDULED":
             tracker.log_text(children[t.key], yaml.safe_dump(t.config.model_dump(mode="json"), sort_keys=False),
@@ -247,6 +423,8 @@ def execute(study: Study, profile_name: str, profile: Profile, trials: list[Tria
             tracker.set_tags(run.info.run_id, {"harness.error": "0"})
     todo = [t for t in trials if existing[t.key].info.status not in ("FINISHED", "FAILED")
             or existing[t.key].data.tags.get("harness.error") == "1"]
+    if parent is not None:
+        retag_resumed(tracker, {t.key: existing[t.key] for t in todo}, trace)
 
     from harness import tune as tuning
 

@@ -113,6 +113,8 @@ class Tracker:
         self._db = sqlite_path(self.uri)
         if self._db is not None:
             self._db.parent.mkdir(parents=True, exist_ok=True)
+            if not self._db.exists():  # MlflowClient would create (migrate) it in place, not atomically
+                _create_sqlite(self._db)
         self.client = MlflowClient(tracking_uri=self.uri)
         self._last_epoch: dict[str, int] = {}
         self._status: dict[str, str] = {}
@@ -290,6 +292,17 @@ class Tracker:
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
 
+    def read_json(self, run_id: str, artifact_file: str) -> Any | None:
+        """A JSON artifact of a run (``fusion_matrices.json``), or None when the run has none."""
+        import tempfile
+
+        names = {a.path for a in self.client.list_artifacts(run_id)}
+        if artifact_file not in names:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self.client.download_artifacts(run_id, artifact_file, tmp)
+            return json.loads(Path(local).read_text(encoding="utf-8"))
+
     # ------------------------------------------------------------------ reading back (tables)
 
     def read_study(self, study: str, profile: str, parent_id: str | None = None) -> dict[str, Any]:
@@ -340,6 +353,25 @@ class Tracker:
         items = [Param(k, _param_value(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 90):  # MLflow's limit is 100 params per batch
             self.client.log_batch(run_id, params=items[i:i + 90])
+
+
+def _create_sqlite(db: Path) -> None:
+    """Build a new store under a temporary name and rename it into place, so it appears whole or not at all.
+
+    MLflow's first migration killed half-way (SIGKILL of the driver) leaves a file that no later
+    open can upgrade ("table _alembic_tmp_tags already exists"): every ``--resume`` would fail.
+    """
+    for stale in db.parent.glob(f".{db.name}.*.creating*"):  # left by a killed driver
+        if not Path(f"/proc/{stale.name[len(db.name) + 2:].split('.')[0]}").exists():
+            stale.unlink(missing_ok=True)
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.creating")
+    MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+    try:
+        os.link(tmp, db)  # unlike a rename, never replaces a store another process made meanwhile
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
 
 
 def _quote(value: str) -> str:

@@ -23,14 +23,27 @@ non-finite stops with status FAILED and leaves the last good checkpoint alone.
 
 What it gives up: a resume restarts at an epoch boundary (a killed epoch is
 redone from its start), and CUDA runs are not bit-reproducible.
+
+Data-parallel: when a launcher has set up ``torch.distributed`` (Ray Train for a
+trial with ``resources.workers > 1``, or torchrun) with more than one rank, the
+model trains under DDP. ``recipe.batch_size`` stays the global batch: each rank
+takes ``batch_size / world`` clips a step from its own share of every epoch's
+order, and DDP averages the gradients, so step k sees the clips of step k on
+one process (only BatchNorm differs: it normalises each rank's clips apart; no
+SyncBatchNorm). Rank 0 validates, and writes the checkpoints and files; every
+rank gets its numbers, so all ranks take the same decisions. What it gives up:
+validation is not spread over the ranks. Without a process group, or with one
+rank, nothing here changes.
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
 import os
+import pickle
 import random
 import tempfile
 import time
@@ -40,15 +53,17 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from harness import checkpoint
 from harness.config import TrainConfig
+from harness.errors import named
 
 log = logging.getLogger(__name__)
 
-Report = Callable[[dict[str, Any], Path], None]
+Report = Callable[[dict[str, Any], Path | None], None]  # (metrics, checkpoint folder; None on ranks > 0)
 
 # Keys that may change between a run and its resume: they do not change what is learned.
 RESUMABLE_CHANGES = {
@@ -93,6 +108,14 @@ class _Trial:
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
     val_buckets: list[str | None] | None = None  # per val entry, when data asks for stratified metrics
+    rank: int = 0  # this process in a data-parallel group; (0, 1) on one process
+    world: int = 1
+    ddp: nn.Module | None = None  # the DDP wrapper that trains ``model`` across ranks; None on one process
+
+    @property
+    def writer(self) -> bool:
+        """Only rank 0 writes checkpoints and files; the other ranks hold the same weights."""
+        return self.rank == 0
 
 
 # ----------------------------------------------------------------------------- losses
@@ -229,6 +252,9 @@ def _build(cfg: TrainConfig) -> _Trial:
     seed_everything(cfg.seed)
     device, amp_dtype = _device()
     train_loader, val_loader, classes = _loaders(cfg)
+    rank, world = process_group()
+    if world > 1:
+        train_loader = shard_loader(train_loader, rank, world)
     if len(train_loader) == 0:
         raise ValueError(f"the train split of {cfg.data.root} yields no batch; "
                          f"check the data or lower recipe.batch_size ({cfg.recipe.batch_size})")
@@ -240,8 +266,14 @@ def _build(cfg: TrainConfig) -> _Trial:
                                 weight_decay=cfg.recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.recipe, len(train_loader)))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    # DDP copies rank 0's weights to every rank now; what fit loads later (checkpoint, ImageNet) is the
+    # same file on every rank. The optimiser keeps the unwrapped parameters, which DDP shares.
+    ddp = None
+    if world > 1:
+        ddp = nn.parallel.DistributedDataParallel(
+            model, device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None)
     return _Trial(cfg, device, model, train_loader, val_loader, optimizer, scheduler, scaler, amp_dtype,
-                  _val_buckets(cfg, val_loader))
+                  _val_buckets(cfg, val_loader), rank, world, ddp)
 
 
 def _val_buckets(cfg: TrainConfig, val_loader: Any) -> list[str | None] | None:
@@ -263,8 +295,89 @@ def _load_pretrained(model: nn.Module, path: str) -> dict[str, Any]:
     """Load a torchvision-format ImageNet ResNet (weights_only=True); blocks.load_pretrained logs the keys."""
     import blocks
 
-    missing, unexpected = blocks.load_pretrained(model, path)
+    try:
+        missing, unexpected = blocks.load_pretrained(model, path)
+    except pickle.UnpicklingError as e:  # torch's own text advises weights_only=False: never
+        raise ValueError(f"backbone.pretrained {path}: refused by torch.load(weights_only=True): "
+                         f"{checkpoint.refusal(e)}; use a plain state_dict file") from e
     return {"path": str(path), "missing": list(missing), "unexpected": list(unexpected)}
+
+
+# ----------------------------------------------------------------------------- data-parallel
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, world size) of the ``torch.distributed`` group a launcher set up; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class RankShard(torch.utils.data.Sampler):
+    """Rank ``rank``'s share of a sampler's order: every ``world``-th item, the same count on every rank.
+
+    ``DistributedSampler(drop_last=True)`` over our seeded sampler, whose items
+    carry each clip's augmentation seed (torch's would drop the seeds). The up
+    to ``world - 1`` clips left over skip that epoch; the order, and so which
+    ones, changes with the epoch.
+    """
+
+    def __init__(self, base: torch.utils.data.Sampler, rank: int, world: int):
+        self.base, self.rank, self.world = base, rank, world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base) // self.world
+
+    def __iter__(self):
+        return itertools.islice(iter(self.base), self.rank, self.world * len(self), self.world)
+
+
+# DataLoader settings a sharded copy keeps; batch_size is divided, the sampler wrapped.
+LOADER_SETTINGS = ("num_workers", "collate_fn", "pin_memory", "drop_last", "timeout", "worker_init_fn",
+                   "multiprocessing_context", "generator", "prefetch_factor", "persistent_workers",
+                   "pin_memory_device", "in_order")
+
+
+def shard_loader(loader: Any, rank: int, world: int) -> Any:
+    """The train loader of one rank: ``batch_size / world`` clips a step from :class:`RankShard` of its order.
+
+    The global batch stays ``recipe.batch_size``; scaling it with the world
+    size would silently change the recipe (and the lr it was tuned for).
+    """
+    per_rank, left = divmod(loader.batch_size, world)
+    if left:
+        raise ValueError(f"recipe.batch_size {loader.batch_size} is the global batch and must split evenly "
+                         f"over {world} data-parallel workers; pick a multiple of {world}")
+    return type(loader)(loader.dataset, batch_size=per_rank, sampler=RankShard(loader.sampler, rank, world),
+                        **{k: getattr(loader, k) for k in LOADER_SETTINGS})
+
+
+def _all_ranks_finite(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every rank: a rank that stopped alone would leave the others
+    waiting in the gradient all-reduce until the group's timeout."""
+    flag = torch.isfinite(loss.detach()).float().reshape(1)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _sum_over_ranks(seen: int, correct: int, sums: dict[str, float],
+                    device: torch.device) -> tuple[int, int, dict[str, float]]:
+    """An epoch's clips seen, correct and loss sums added up over the group (the same on every rank)."""
+    keys = sorted(sums)
+    total = torch.tensor([seen, correct, *(sums[k] for k in keys)], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    seen_all, correct_all, *rest = total.tolist()
+    return int(seen_all), int(correct_all), dict(zip(keys, rest))
+
+
+def _from_rank0(t: _Trial, compute: Callable[[], Any]) -> Any:
+    """``compute()`` on rank 0, its result on every rank (the others wait in the broadcast)."""
+    box = [compute() if t.writer else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 # ----------------------------------------------------------------------------- train / evaluate
@@ -287,10 +400,10 @@ def _train_epoch(t: _Trial, epoch: int, progress: bool) -> dict[str, float]:
     for step, (clips, labels) in enumerate(bar):
         clips, labels = clips.to(t.device, non_blocking=True), labels.to(t.device, non_blocking=True)
         with _autocast(t.device, t.amp_dtype):
-            logits = t.model(clips)
+            logits = t.model(clips) if t.ddp is None else t.ddp(clips)  # DDP all-reduces in backward
         aux = t.model.aux_losses() if hasattr(t.model, "aux_losses") else {}
         loss, parts = compute_loss(logits, labels, aux, alpha=r.alpha, beta=r.beta)
-        if not torch.isfinite(loss):
+        if not (torch.isfinite(loss) if t.ddp is None else _all_ranks_finite(loss)):
             raise NonFinite(f"non-finite loss at epoch {epoch + 1} step {step + 1}: "
                             + ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items()))
         _step(t, loss, epoch, step)
@@ -303,6 +416,8 @@ def _train_epoch(t: _Trial, epoch: int, progress: bool) -> dict[str, float]:
     if t.device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
+    if t.world > 1:  # the epoch's numbers over every rank's clips, the same on each rank
+        seen, correct, sums = _sum_over_ranks(seen, correct, sums, t.device)
     out = {f"train_{k}": v / seen for k, v in sums.items()}  # train_loss, train_ce, train_interaction, ...
     out.update(train_top1=100.0 * correct / seen, clips_per_s=seen / max(elapsed, 1e-9))
     return out
@@ -447,9 +562,15 @@ def _restore(t: _Trial, state: dict[str, Any]) -> None:
 def _write_json(obj: Any, path: Path) -> None:
     """Atomic JSON write (temp file + os.replace), so a reader never sees half a file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, allow_nan=True)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, allow_nan=True)
+        os.replace(tmp, path)
+    except BaseException as e:  # a full disk: no temp file left behind, and the error names the real file
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise named(e, path) from e
+        raise
 
 
 def _finite_weights(model: nn.Module) -> bool:
@@ -467,6 +588,10 @@ def fit(cfg: TrainConfig, out_dir: str | Path, *, report: Report | None = None, 
     caller (Ray Tune) may hand the folder on. ``resume=True`` continues from
     ``out_dir/checkpoints/last.pt`` when it exists; without it an existing
     checkpoint is an error rather than silently overwritten.
+
+    Data-parallel (see the module docstring), each rank needs its own
+    ``out_dir``; only rank 0 writes there, and the other ranks' ``report`` gets
+    ``None`` for the folder (the same metrics, no checkpoint).
     """
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
@@ -494,9 +619,10 @@ def fit(cfg: TrainConfig, out_dir: str | Path, *, report: Report | None = None, 
             metrics = _epoch(t, epoch, progress)
             best_top1 = metrics["val_top1"] if best_top1 is None else max(best_top1, metrics["val_top1"])
             history.append(metrics)
-            _save(t, epoch, history, best_top1, pretrained, out_dir)
+            if t.writer:
+                _save(t, epoch, history, best_top1, pretrained, out_dir)
             if report is not None:
-                report(dict(metrics), ckpt_dir)
+                report(dict(metrics), ckpt_dir if t.writer else None)
     except NonFinite as e:
         log.error("run FAILED: %s; %s left as it was", e, last if last.exists() else "no checkpoint")
         return _finish(t, out_dir, history, best_top1, pretrained, "FAILED", str(e))
@@ -508,7 +634,12 @@ def _epoch(t: _Trial, epoch: int, progress: bool) -> dict[str, Any]:
     lr = t.cfg.recipe.effective_lr * t.scheduler.lr_lambdas[0](t.scheduler.last_epoch)  # this epoch's first step
     train = _train_epoch(t, epoch, progress)
     last = epoch + 1 == t.cfg.recipe.epochs  # stratified val metrics (harness.probe) with the last epoch's only
-    val = evaluate(t.model, t.val_loader, progress=progress, buckets=t.val_buckets if last else None)
+    def validate() -> dict[str, float]:
+        return evaluate(t.model, t.val_loader, progress=progress, buckets=t.val_buckets if last else None)
+
+    # Data-parallel: rank 0 validates the weights it checkpoints (its BatchNorm statistics) and every rank
+    # gets its numbers; all ranks hold the same weights, so they all stop, or go on, together.
+    val = validate() if t.world == 1 else _from_rank0(t, validate)
     if not (math.isfinite(val["val_loss"]) and _finite_weights(t.model)):
         raise NonFinite(f"non-finite validation loss or weights after epoch {epoch + 1}")
     metrics = {"epoch": epoch + 1, "train_loss": train.pop("train_loss"), **val, "lr": lr,
@@ -551,7 +682,8 @@ def _finish(t: _Trial, out_dir: Path, history: list[dict], best_top1: float | No
         fusion_matrices=_fusion_matrices(t.model) if ok else [],
         ir_interactions=_ir_interactions(t.model) if ok else None,
         num_params=sum(p.numel() for p in t.model.parameters()), pretrained=pretrained)
-    _write_json(result.to_dict(), out_dir / "result.json")
+    if t.writer:
+        _write_json(result.to_dict(), out_dir / "result.json")
     return result
 
 
@@ -588,7 +720,7 @@ def main(args: Any) -> int:
     """``harness train CONFIG [--out DIR] [--resume] [--evaluate CKPT --clips N --crops M]``."""
     from harness.config import load_train
     from harness.data.formats import DataError
-    from harness.errors import fail_config
+    from harness.errors import fail_config, fail_environment
 
     try:
         cfg = load_train(args.config)
@@ -609,6 +741,8 @@ def main(args: Any) -> int:
     except (FileNotFoundError, FileExistsError, ValueError, DataError) as e:
         log.error("%s", e)
         return 2
+    except OSError as e:  # a full disk or a folder turned read-only: one line, and the way back
+        return fail_environment(e, 1, then=None if evaluate_only else "fix it, then continue with --resume")
     best = "n/a" if result.best_top1 is None else f"{result.best_top1:.2f}"
     last = "n/a" if result.last_top1 is None else f"{result.last_top1:.2f}"
     print(f"{result.status}: {cfg.name} best val top-1 {best}, last {last}, "

@@ -20,11 +20,21 @@ seconds (1 s here unless set; Ray's default lags ~8 s), and the tracking side
 is keyed by trial, so a trial Ray re-runs after a crash updates its own child
 run (see ``harness.tracking``).
 
-A trial may ask for data-parallel training: :func:`ddp_smoke` runs the real
-model under Ray Train's ``TorchTrainer`` over several workers (gloo on CPU,
-nccl on GPU) for a few DDP steps. What it gives up: ``harness.train.fit`` is
-single-process, so a study's trials train on one worker each; the
-data-parallel path is a check of the model under DDP, not yet a full trial.
+A trial may train data-parallel (``resources: {cpu: 1, workers: 2}``): the Tune
+trial then only drives a Ray Train ``TorchTrainer`` run (Train v2's pattern:
+the trainer inside a Tune function) whose workers run the same trial function
+on their rank; ``fit`` sees the process group Ray Train set up (gloo on CPU,
+nccl on GPU) and trains under DDP with ``recipe.batch_size`` as the global
+batch. Ray Train's ``TuneReportCallback`` hands rank 0's reports to Tune, so
+:class:`MlflowCallback` sees the same epochs and summary as from a one-process
+trial, plus a ``world_size`` metric and a ``harness.backend`` tag. The driving
+trial takes no CPU slot (a little memory instead; a Ray bundle cannot be
+empty), the run's controller none either, the workers ``cpu``/``gpu`` each.
+Checkpoints are Ray Train's, under ``<experiment>/ddp/<trial>``: a worker that
+dies restarts the worker group from the last one (``ray.train.get_checkpoint``),
+and a restarted or restored Tune trial starts a trainer of the same name, which
+resumes from it. :func:`ddp_smoke` is a quicker check of a model under DDP
+(random clips, a few steps).
 
 On a multi-node cluster the storage path (``work/ray/<study>``) must be on a
 filesystem every node can reach (NFS), and every node needs this package
@@ -48,6 +58,7 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network here
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # the Tune-drives-Train pattern below (Ray 2.60's default)
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
@@ -75,13 +86,21 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
+
+    def quiet_train_cleaner() -> None:  # nested, so cloudpickle ships it by value: no import in each worker
+        # Ray Train's placement-group cleaner asks the State API every second whether the run's controller
+        # lives; without a dashboard (none here, and ray[tune] installs none) it warns each time.
+        logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
+            logging.ERROR)
+
+    job_env = {"worker_process_setup_hook": quiet_train_cleaner}
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, runtime_env=job_env)
         log.info("joined Ray cluster at %s: %s", address, ray.cluster_resources())
         return False
     # address="local": a new instance, never one found in /tmp/ray/ray_current_cluster by accident
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
-             logging_level=logging.WARNING)
+             logging_level=logging.WARNING, runtime_env=job_env)
     return True
 
 
@@ -93,20 +112,35 @@ def shutdown() -> None:
 
 
 def trainable(config: dict[str, Any]) -> None:
-    """One trial: ``config["trial"]`` is a plan entry (key, row, seed, train config as JSON)."""
+    """One trial: ``config["trial"]`` is a plan entry (key, row, seed, train config as JSON).
+
+    With ``config["data_parallel"]`` (see :func:`trial_resources`) this trial
+    only drives a Ray Train run whose workers each run the same trial on their
+    rank (:func:`_drive_workers`).
+    """
+    logging.getLogger("ray").setLevel(logging.WARNING)  # "checkpoint created" per epoch is noise
+    if config.get("data_parallel"):
+        _drive_workers(config)
+        return
+    # Ray runs a trial in its own working folder (under the Ray session dir, node-local, not synced to
+    # storage); only the checkpoints reported below travel to the storage path.
+    _run_trial(config["trial"], Path.cwd() / "fit", tune.report, tune.get_checkpoint(), tune.Checkpoint)
+
+
+def _run_trial(spec: Mapping[str, Any], out_dir: Path, report_to: Any, checkpoint: Any, checkpoint_cls: Any,
+               extra: Mapping[str, Any] | None = None) -> None:
+    """``fit`` one trial spec, reporting each epoch and a closing summary through ``report_to``.
+
+    ``report_to`` / ``checkpoint`` / ``checkpoint_cls`` are Tune's (one process)
+    or Ray Train's (a data-parallel worker); ``extra`` joins every report.
+    """
     from harness.config import TrainConfig
     from harness.train import fit
 
-    logging.getLogger("ray").setLevel(logging.WARNING)  # "checkpoint created" per epoch is noise
-    spec = config["trial"]
     cfg = TrainConfig.model_validate(spec["train"])
-    # Ray runs a trial in its own working folder (under the Ray session dir, node-local, not synced to
-    # storage); only the checkpoints reported below travel to the storage path.
-    out_dir = Path.cwd() / "fit"
     ckpt_dir = out_dir / "checkpoints"
-    node_id = ray.get_runtime_context().get_node_id()
+    extra = {"node_id": ray.get_runtime_context().get_node_id(), **(extra or {})}
     resume = False
-    checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         from harness.checkpoint import copy_atomic
 
@@ -117,7 +151,10 @@ def trainable(config: dict[str, Any]) -> None:
     else:  # a restart from scratch must not trip over files of an earlier attempt
         shutil.rmtree(ckpt_dir, ignore_errors=True)
 
-    def report(metrics: dict[str, Any], checkpoint_dir: Path) -> None:
+    def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        if checkpoint_dir is None:  # a data-parallel rank > 0: Ray Train keeps rank 0's metrics and checkpoint
+            report_to({**metrics, **extra})
+            return
         # Hand Ray a folder with last.pt only (best.pt would double what is copied each epoch).
         stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out_dir))
         try:
@@ -125,8 +162,7 @@ def trainable(config: dict[str, Any]) -> None:
                 os.link(Path(checkpoint_dir) / "last.pt", stage / "last.pt")
             except OSError:
                 shutil.copyfile(Path(checkpoint_dir) / "last.pt", stage / "last.pt")
-            tune.report({**metrics, "node_id": node_id},
-                        checkpoint=tune.Checkpoint.from_directory(str(stage)))
+            report_to({**metrics, **extra}, checkpoint=checkpoint_cls.from_directory(str(stage)))
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 
@@ -134,22 +170,106 @@ def trainable(config: dict[str, Any]) -> None:
     best_epoch = None
     if result.history:
         best_epoch = max(result.history, key=lambda m: m["val_top1"])["epoch"]
-    tune.report({
+    report_to({
         "final": 1, "status": result.status, "reason": result.reason or "",
         "best_top1": result.best_top1, "last_top1": result.last_top1, "best_epoch": best_epoch,
         "epochs_done": len(result.history), "num_params": result.num_params,
-        "ir_interactions": result.ir_interactions, "node_id": node_id,
+        "ir_interactions": result.ir_interactions, **extra,
         "fusion_matrices": json.dumps(result.fusion_matrices) if result.fusion_matrices else "",
     })
 
 
+# ----------------------------------------------------------------------------- data-parallel trials
+
+# What the trial that drives a Ray Train run reserves: it mostly waits, so no CPU slot (the workers
+# take those), but a placement-group bundle cannot be empty, so a little memory.
+DRIVER_MEMORY = 256 * 2**20
+
+
+def trial_resources(resources: Mapping[str, float], *, experiment: Path,
+                    max_failures: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """What Tune reserves for one trial, and what its config needs beside ``"trial"``.
+
+    ``resources`` is ``harness.config.Resources`` as a dict: ``cpu``/``gpu``
+    per worker, ``workers`` data-parallel workers per trial.
+    """
+    cpu, gpu, workers = resources.get("cpu", 1), resources.get("gpu", 0), int(resources.get("workers", 1))
+    if workers == 1:
+        return {"cpu": cpu, "gpu": gpu}, {}
+    return {"cpu": 0, "memory": DRIVER_MEMORY}, {"data_parallel": {
+        "workers": workers, "cpu": cpu, "gpu": gpu, "max_failures": max_failures,
+        "storage": str(Path(experiment).resolve() / "ddp")}}
+
+
+def data_parallel_slots(resources: Mapping[str, float]) -> int:
+    """How many data-parallel trials the cluster runs at once: more would only start drivers that wait."""
+    workers = int(resources.get("workers", 1))
+    have = ray.cluster_resources()
+    slots = int(have.get("CPU", 0) // (workers * resources.get("cpu", 1)))
+    if resources.get("gpu", 0):
+        slots = min(slots, int(have.get("GPU", 0) // (workers * resources["gpu"])))
+    return max(1, slots)
+
+
+def _drive_workers(config: dict[str, Any]) -> None:
+    """A data-parallel trial: a ``TorchTrainer`` of ``workers`` ranks, each running :func:`_worker_loop`.
+
+    The run is named after the trial (``<experiment>/ddp/<row>-seed<k>_<trial id>``),
+    so a restart of this trial (Tune's ``max_failures``, ``Tuner.restore``)
+    starts a trainer that resumes the run from its last checkpoint; Ray Train
+    itself restarts a worker group that lost a worker (its own ``max_failures``).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    spec, dp = config["trial"], config["data_parallel"]
+    per_worker = {"CPU": dp["cpu"], **({"GPU": dp["gpu"]} if dp["gpu"] else {})}
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"trial": spec},
+        scaling_config=ScalingConfig(num_workers=dp["workers"], use_gpu=dp["gpu"] > 0,
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(name=_dirname(spec, tune.get_context().get_trial_id()), storage_path=dp["storage"],
+                             failure_config=FailureConfig(max_failures=dp["max_failures"]),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),  # as a one-process trial's
+                             callbacks=[TuneReportCallback()]),  # rank 0's reports become this trial's results
+    )
+    trainer.fit()  # raises when the run failed for good: the Tune trial errors, MlflowCallback marks it FAILED
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: the trial of :func:`trainable`, on this rank of the process group.
+
+    Every rank reports every epoch (Ray Train's report is a barrier), rank 0
+    with the checkpoint. Ranks on one node share Ray Train's working folder,
+    so each trains in its own ``fit-rank<k>``.
+    """
+    import torch.distributed as dist
+    from ray import train
+
+    # Ray Train sets its own logger to DEBUG in workers; each report (the metrics again) is noise
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    ctx = train.get_context()
+    rank = ctx.get_world_rank()
+    _run_trial(config["trial"], Path.cwd() / f"fit-rank{rank}", train.report, train.get_checkpoint(),
+               train.Checkpoint, {"world_size": ctx.get_world_size(), "backend": dist.get_backend()})
+
+
 def trial_name(trial: Any) -> str:
-    spec = trial.config["trial"]
+    return _label(trial.config["trial"])
+
+
+def _label(spec: Mapping[str, Any]) -> str:
     return f"{spec['row']}-seed{spec['seed']}"
 
 
+def _dirname(spec: Mapping[str, Any], trial_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", _label(spec)) + f"_{trial_id}"
+
+
 def trial_dirname(trial: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", trial_name(trial)) + f"_{trial.trial_id}"
+    return _dirname(trial.config["trial"], trial.trial_id)
 
 
 # ----------------------------------------------------------------------------- MLflow from the driver
@@ -227,6 +347,8 @@ class MlflowCallback(tune.Callback):
         summary = {k: final.get(k) for k in ("best_top1", "last_top1", "best_epoch", "num_params",
                                               "ir_interactions", "epochs_done")}
         tags = {"harness.node_id": final.get("node_id", ""), "harness.trial_id": trial.trial_id}
+        if final.get("world_size"):  # a data-parallel trial: rank 0's node above
+            tags.update({"harness.world_size": final["world_size"], "harness.backend": final.get("backend", "")})
         if final.get("reason"):
             tags["harness.reason"] = final["reason"][:5000]
         artifacts = {}
@@ -269,15 +391,18 @@ def run_trials(specs: Sequence[Mapping[str, Any]], *, storage: Path, name: str, 
     checkpoint; finished ones are not run again).
     """
     path = Path(storage) / name
-    wrapped = tune.with_resources(trainable, {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0)})
+    request, data_parallel = trial_resources(resources, experiment=path, max_failures=max_failures)
+    wrapped = tune.with_resources(trainable, request)
     if restore:
         log.info("restoring Ray experiment %s", path)
         tuner = tune.Tuner.restore(str(path), trainable=wrapped, resume_unfinished=True,
                                    resume_errored=True, restart_errored=False)
     else:
+        if data_parallel and max_concurrent is None:
+            max_concurrent = data_parallel_slots(resources)
         tuner = tune.Tuner(
             wrapped,
-            param_space={"trial": tune.grid_search(list(specs))},
+            param_space={"trial": tune.grid_search(list(specs)), **data_parallel},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_name_creator=trial_name,
                                         trial_dirname_creator=trial_dirname, reuse_actors=False),
             run_config=tune.RunConfig(
@@ -364,3 +489,197 @@ def ddp_smoke(train_config: Mapping[str, Any], *, num_classes: int, workers: int
         return dict(result.metrics)
     with result.checkpoint.as_directory() as d:
         return json.loads((Path(d) / "metrics.json").read_text())
+
+
+# ----------------------------------------------------------------------------- search (harness.search)
+#
+# A search's trials are not known up front: Optuna (through Ray Tune's OptunaSearch) samples each one
+# when a slot frees. :class:`TrialSpecSearcher` turns a sample into the same trial spec a table trial
+# has (key, row, seed, train config), so :func:`trainable` and :class:`MlflowCallback` serve both.
+
+from ray.tune.search import Searcher  # noqa: E402 - here, with the search code it serves
+
+
+class TrialSpecSearcher(Searcher):
+    """Wraps ``OptunaSearch``: a sample becomes a trial spec, and Optuna is told one value per trial.
+
+    ``make_spec(trial_id, params, number)`` (``harness.search.TrialMaker``) resolves
+    Optuna's params into a spec with the configuration's ``gflops`` and whether it
+    is ``over_budget``. What Optuna is told when a trial ends: the last epoch's
+    ``metric`` (also for a trial ASHA stopped early: the value at its last rung),
+    and ``gflops`` as the second objective in multi-objective mode. A trial over
+    the FLOPs budget was never trained; it is told ``worst`` (top-1 0), so TPE puts
+    its region among the bad ones and NSGA-II ranks it behind every trained one.
+
+    The state (counter, last values, GFLOPs) is saved with the experiment beside
+    OptunaSearch's own (``get_state``; Tune walks wrappers by ``.searcher``), so
+    ``Tuner.restore`` brings back both the Optuna study and this bookkeeping.
+    """
+
+    def __init__(self, searcher: Searcher, make_spec: Any, *, metric: str, objectives: Sequence[str],
+                 worst: float) -> None:
+        self.searcher = searcher
+        self.make_spec = make_spec
+        self.objective_metric, self.objectives, self.worst = metric, list(objectives), worst
+        self.count = 0
+        self.last: dict[str, float] = {}
+        self.gflops: dict[str, float] = {}
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = self.searcher.suggest(trial_id)
+        if params is None or params == Searcher.FINISHED:
+            return params
+        self.count += 1
+        spec = self.make_spec(trial_id, params, self.count)
+        self.gflops[trial_id] = spec["gflops"]
+        return {**params, "trial": spec}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self.objective_metric in result:  # epoch results; the closing summary and a pruned report carry none
+            self.last[trial_id] = result[self.objective_metric]
+            self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        value = self.worst if (result or {}).get("pruned_flops") else self.last.get(trial_id)
+        told = None
+        if value is not None and not error:
+            told = {self.objective_metric: value, "gflops": self.gflops.get(trial_id)}
+            told = {k: told[k] for k in self.objectives}
+        self.searcher.on_trial_complete(trial_id, result=told, error=error)
+        self.last.pop(trial_id, None)
+
+    def get_state(self) -> dict:
+        return {"count": self.count, "last": dict(self.last), "gflops": dict(self.gflops)}
+
+    def set_state(self, state: dict) -> None:
+        self.count, self.last, self.gflops = state["count"], dict(state["last"]), dict(state["gflops"])
+
+
+def search_trainable(config: dict[str, Any]) -> None:
+    """A search trial: over the FLOPs budget, one tagged report and no training; else :func:`trainable`."""
+    spec = config["trial"]
+    if spec["over_budget"]:
+        tune.report({"final": 1, "pruned_flops": 1, "gflops": spec["gflops"], "status": "FINISHED",
+                     "reason": spec["over_budget"], "node_id": ray.get_runtime_context().get_node_id()})
+        return
+    trainable(config)
+
+
+class SearchMlflowCallback(MlflowCallback):
+    """:class:`MlflowCallback` for sampled trials: a child run is created when its trial first shows up.
+
+    The child gets what ``make_spec`` prepared in ``spec["child"]`` (params: the
+    resolved train config and Optuna's raw values; metrics: the profile's
+    params and GFLOPs) and its ``trial.yaml``. At the end a trial is tagged
+    ``harness.pruned=flops`` (over the budget, not trained) or
+    ``harness.stopped_early`` (ASHA stopped it before its last epoch).
+    """
+
+    def _run_id(self, trial: Any) -> tuple[str, str]:
+        spec = trial.config["trial"]
+        tracker = self.tracker  # loads the children already in the store
+        if spec["key"] not in self._ids:
+            import yaml
+
+            self._ids.update(tracker.ensure_children(self.parent_id, [spec["child"]]))
+            run_id = self._ids[spec["key"]]
+            if tracker.status(run_id) == "SCHEDULED":
+                tracker.log_text(run_id, yaml.safe_dump(spec["train"], sort_keys=False), "trial.yaml")
+        return super()._run_id(trial)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        key, run_id = self._run_id(trial)
+        final = self._final.get(key) or {}
+        epochs = trial.config["trial"]["train"]["recipe"]["epochs"]
+        if final.get("pruned_flops"):
+            self.tracker.set_tags(run_id, {"harness.pruned": "flops"})
+        elif not final and self.tracker.last_epoch(run_id) < epochs:  # ASHA stops a trial before its summary
+            self.tracker.set_tags(run_id, {"harness.stopped_early": str(self.tracker.last_epoch(run_id))})
+        super().on_trial_complete(iteration, trials, trial, **info)
+
+
+def optuna_searcher(space: Mapping[str, Any], *, metric: str, multi_objective: bool, seed: int,
+                    startup_trials: int, population_size: int) -> Searcher:
+    """Ray Tune's OptunaSearch over Optuna distributions: TPE (seeded), or NSGA-II on (metric, gflops)."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    if multi_objective:
+        sampler = optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
+        return OptunaSearch(dict(space), metric=[metric, "gflops"], mode=["max", "min"], sampler=sampler)
+    # constant_liar: a running trial counts as a bad result, so concurrent trials are not sampled alike
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, constant_liar=True)
+    return OptunaSearch(dict(space), metric=metric, mode="max", sampler=sampler)
+
+
+def search_algorithm(space: Mapping[str, Any], make_spec: Any, *, metric: str, multi_objective: bool, seed: int,
+                     startup_trials: int, population_size: int, max_concurrent: int) -> Searcher:
+    """OptunaSearch wrapped by :class:`TrialSpecSearcher` and a ConcurrencyLimiter.
+
+    The limiter matters: without it Tune asks for every sample at once (they
+    queue as PENDING), and TPE would choose them all before any result came back.
+    """
+    from ray.tune.search import ConcurrencyLimiter
+
+    inner = optuna_searcher(space, metric=metric, multi_objective=multi_objective, seed=seed,
+                            startup_trials=startup_trials, population_size=population_size)
+    objectives = [metric, "gflops"] if multi_objective else [metric]
+    wrapped = TrialSpecSearcher(inner, make_spec, metric=metric, objectives=objectives, worst=0.0)
+    return ConcurrencyLimiter(wrapped, max_concurrent=max_concurrent)
+
+
+def run_search(space: Mapping[str, Any], make_spec: Any, *, storage: Path, name: str,
+               resources: Mapping[str, float], callback: MlflowCallback, metric: str, multi_objective: bool,
+               seed: int, startup_trials: int, population_size: int, num_samples: int, max_concurrent: int,
+               epochs: int, grace_period: int, reduction_factor: float, max_failures: int = 2,
+               restore: bool = False) -> dict[str, str]:
+    """Run (or resume) a search with Ray Tune; returns Tune's final state per trial key.
+
+    Single objective: ASHA on ``metric`` by epoch (``grace_period`` epochs, then
+    the top ``1/reduction_factor`` at each rung go on, up to ``epochs``).
+    Multi-objective: FIFO, every trial trains all epochs (see ``harness.config.Search``).
+    ``restore=True``: ``Tuner.restore`` of ``storage/name``; the searcher (Optuna's
+    study, sampler RNG, this harness's bookkeeping) comes back from the saved
+    experiment state, unfinished trials resume from their last checkpoint.
+    """
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    # A trial's closing summary (best/last top-1) carries no per-epoch metric; ASHA skips results without
+    # its metric, and TrialSpecSearcher tells Optuna the last epoch's value itself. Tune's strict check
+    # would otherwise reject the summary.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    path = Path(storage) / name
+    request, data_parallel = trial_resources(resources, experiment=path, max_failures=max_failures)
+    wrapped = tune.with_resources(search_trainable, request)
+    if restore:
+        log.info("restoring Ray experiment %s (Optuna's study comes back with it)", path)
+        tuner = tune.Tuner.restore(str(path), trainable=wrapped, resume_unfinished=True,
+                                   resume_errored=True, restart_errored=False)
+    else:
+        scheduler = FIFOScheduler() if multi_objective else ASHAScheduler(
+            time_attr="epoch", metric=metric, mode="max", max_t=epochs, grace_period=grace_period,
+            reduction_factor=reduction_factor, stop_last_trials=False)  # let a trial send its closing summary
+        algorithm = search_algorithm(space, make_spec, metric=metric, multi_objective=multi_objective, seed=seed,
+                                     startup_trials=startup_trials, population_size=population_size,
+                                     max_concurrent=max_concurrent)
+        tuner = tune.Tuner(
+            wrapped,
+            param_space=dict(data_parallel),  # constants every sample joins (a data-parallel trial's workers)
+            tune_config=tune.TuneConfig(search_alg=algorithm, scheduler=scheduler, num_samples=num_samples,
+                                        trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
+                                        reuse_actors=False),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(Path(storage).resolve()), callbacks=[callback], verbose=0,
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+        )
+    grid = tuner.fit()
+    states = {}
+    for result in grid:
+        key = result.config["trial"]["key"] if result.config and "trial" in result.config else "?"
+        states[key] = "ERROR" if result.error else "TERMINATED"
+    return states

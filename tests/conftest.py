@@ -5,6 +5,12 @@ loaded, PyAV cannot open its VP8/VP9 encoders (see harness/data/video.py).
 """
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import av  # noqa: F401 - must precede decord, see the docstring
 import numpy as np
 import pytest
@@ -85,3 +91,122 @@ def data_synth_dir(tmp_path_factory):
     argv = ["data", "synth", str(out)] + [x for k, v in SYNTH_ARGS.items() for x in (f"--{k}", str(v))]
     assert main(argv) == 0
     return out
+
+
+# ----------------------------------------------------------------------------- studies run as a subprocess
+# Shared by the end-to-end tests (test_study_run, test_hardening_crash): a tiny study, the real driver
+# (`python -m harness.cli run`) in its own session, and the look-ups into its MLflow store.
+
+TINY_STUDY = """\
+name: tiny
+num_classes: 10
+profiles:
+  laptop:
+    backbone: {{arch: tiny, width: 4, depths: [1, 1, 1, 1]}}
+    data:
+      format: synth
+      root: {root}
+      frames: 4
+      size: 16
+      scale_size: 16
+      synth: {{videos: 32, frames: 8, size: 32, seed: 1}}
+    recipe: {{epochs: {epochs}, batch_size: 8, lr: 0.05, schedule: cosine, threads: 1}}
+    seeds: {seeds}
+    resources: {{cpu: 1}}
+rows:
+{rows}"""
+TINY_ROWS = {"TSN": "tsn", "TSM": "tsm"}
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    """Where the tiny study's synthetic set lives; the first run generates it, later ones reuse it."""
+    return tmp_path_factory.mktemp("study-synth") / "set"
+
+
+def write_study(folder, root, *, epochs: int = 2, seeds: int = 2, rows: dict[str, str] | None = None,
+                **extra: str):
+    """``folder/tiny.yaml``: the tiny study (rows TSN, TSM unless ``rows`` maps other names to blocks)."""
+    lines = "".join(f"  {name}: {{block: {block}}}\n" for name, block in (rows or TINY_ROWS).items())
+    text = TINY_STUDY.format(root=root, epochs=epochs, seeds=seeds, rows=lines)
+    for key, value in extra.items():
+        text += f"{key}: {value}\n"
+    path = folder / "tiny.yaml"
+    path.write_text(text)
+    return path
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment minus a Ray cluster or MLflow store the caller may have set (the store is cwd/work)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update(PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def harness(args: list[str], cwd, *, timeout: float = 300, env: dict | None = None):
+    """Run ``harness ARGS`` to completion in ``cwd``; the CompletedProcess (text output)."""
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=env or clean_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_harness(args: list[str], cwd, env: dict, log):
+    """Start ``harness ARGS`` in a new session (its own process group), output to the open file ``log``."""
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def marked_pids(marker: str) -> list[int]:
+    """Processes whose environment carries ``HARNESS_TEST_MARKER=marker``: a driver and the Ray processes it started."""
+    needle = f"HARNESS_TEST_MARKER={marker}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def kill_marked(marker: str) -> list[int]:
+    """SIGKILL every marked process (Ray's raylet, GCS and workers outlive a killed driver otherwise)."""
+    killed = []
+    for pid in marked_pids(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except ProcessLookupError:
+            continue
+    return killed
+
+
+def kill_driver(proc, marker: str) -> None:
+    """SIGKILL a driver started by :func:`start_harness`: its process group, then whatever else is marked."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(30)
+    kill_marked(marker)
+
+
+def tracker_for(folder):
+    from harness.tracking import Tracker
+
+    return Tracker(f"sqlite:///{folder / 'work' / 'mlflow.db'}")
+
+
+def study_runs(folder, study: str = "tiny"):
+    """(tracker, parents, {trial key: child run}) of a study in the folder's store."""
+    t = tracker_for(folder)
+    parents = t.parents(study)
+    children = {}
+    for p in parents:
+        for key, run in t.children(p.info.run_id).items():
+            assert key not in children, f"trial {key} has child runs under two parents"
+            children[key] = run
+    return t, parents, children
+

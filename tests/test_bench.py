@@ -3,7 +3,11 @@
 No timing assertion: speed is reported by the bench, never asserted.
 """
 import json
+import os
+import subprocess
+import sys
 
+import pytest
 import torch
 
 from harness.bench import saved_activation_bytes
@@ -47,3 +51,43 @@ def test_bench_data_smoke(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [r["what"].split(",")[0] for r in rows] == ["model tsn train step (1 thread(s))"] + ["loader"] * 3
     assert all(r["clips_per_s"] > 0 for r in rows) and rows[0]["ratio_to_model"] == 1.0
+
+
+@pytest.mark.slow
+def test_bench_harness_runs_the_same_trials_both_ways(tmp_path):
+    """Ray Tune + MLflow and the plain pool finish the same trials with the same results; nothing lands in cwd."""
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        "name: s\nprofiles:\n  laptop:\n    backbone: {arch: tiny, width: 4, depths: [1, 1, 1, 1]}\n"
+        f"    data: {{format: synth, root: {tmp_path / 'synth'}, frames: 4, size: 16, scale_size: 16,\n"
+        "           synth: {videos: 32, frames: 8, size: 32, seed: 1}}\n"
+        "    recipe: {epochs: 3, batch_size: 8, lr: 0.05, schedule: cosine, threads: 1}\n"
+        "    resources: {cpu: 1}\nrows:\n  TSN: {block: tsn}\n  TSM: {block: tsm}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "harness", "--study", str(study),
+                        "--rows", "TSN,TSM", "--trials", "2", "--epochs", "1", "--format", "json"],
+                       cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-5000:]
+    out = json.loads(r.stdout)
+    assert out["trials"] == 2 and out["epochs"] == 1 and out["concurrency"] == min(2, os.cpu_count())
+    assert out["finished_plain"] == out["finished_ray"] == 2
+    assert out["same_last_top1"] == 2  # same seeds, same numbers with and without Ray
+    assert out["wall_ratio"] == pytest.approx(out["ray_wall_s"] / out["plain_wall_s"])
+    assert out["overhead_per_trial_s"] == pytest.approx(
+        (out["ray_wall_s"] - out["plain_wall_s"]) * out["concurrency"] / 2)
+    assert out["ray_wall_s"] >= out["tune_s"] + out["ray_start_s"] + out["mlflow_setup_s"]
+    assert list(cwd.iterdir()) == []  # MLflow store and Ray storage went to a temp folder
+
+
+def test_bench_report_has_the_machine_and_one_section_per_bench(tmp_path):
+    (tmp_path / "blocks.md").write_text("| row | time_ratio |\n|--|--|\n| TSN | 1.0 |\n")
+    (tmp_path / "harness.md").write_text("wall ratio 1.05\n")
+    out = tmp_path / "res" / "bench.md"
+    assert main(["bench", "report", str(tmp_path / "blocks.md"), str(tmp_path / "harness.md"),
+                 "--out", str(out)]) == 0
+    text = out.read_text()
+    assert f"- cores: {os.cpu_count()}" in text and f"- torch: {torch.__version__}" in text
+    assert "- CPU: " in text and "- commit: " in text and "- date: " in text
+    assert text.index("## blocks\n\n| row | time_ratio |") < text.index("## harness\n\nwall ratio 1.05")

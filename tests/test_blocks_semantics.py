@@ -151,3 +151,35 @@ def test_gst_takes_its_spatial_kernel_from_the_pretrained_3x3(tmp_path):
     assert unexpected == [] and all(k.endswith("temporal.weight") or k.startswith("fc.") for k in missing)
     w = imagenet.layer2[0].conv2.weight  # 128 x 128 x 3 x 3: GST keeps 96 outputs of the first 64 inputs
     assert torch.equal(gst.layer2[0].conv2.spatial.weight, w[:96, :64])
+
+
+@pytest.mark.parametrize("pool", ["max", "avg", "none"])
+@pytest.mark.parametrize("dilation", [True, False])
+def test_temporal_bag_equals_per_group_conv3d_and_pool3d_over_time(pool, dilation):
+    """The temporal bag (run as 2D ops for speed) computes its definition: on (N, C, T, H, W), per group,
+    identity | (k,1,1) conv3d | (k,1,1) dilated conv3d | 3-frame pool; clips never mix."""
+    from blocks.vps import TemporalBag, rf_kernels
+
+    torch.manual_seed(0)
+    n, t, h, w = 2, 4, 3, 5
+    bag = TemporalBag([3, 3, 3, 3], rf_kernels(5), t, pool=pool, dilation=dilation)
+    x = torch.randn(n * t, 12, h, w, requires_grad=True)
+    v = x.view(n, t, 12, h, w).transpose(1, 2)  # (N, C, T, H, W)
+    ident, k3, k5, p = torch.split(v, 3, dim=1)
+    pool3d = {"max": lambda z: torch.nn.functional.max_pool3d(z, (3, 1, 1), 1, (1, 0, 0)),
+              "avg": lambda z: torch.nn.functional.avg_pool3d(z, (3, 1, 1), 1, (1, 0, 0), count_include_pad=False),
+              "none": lambda z: z}[pool]
+    c3, c5 = bag.branches[1], bag.branches[2]
+    assert c3.weight.shape == (3, 3, 3, 1, 1)  # Conv3d weights: checkpoints keep their shapes
+    expected = torch.cat([
+        ident,
+        torch.nn.functional.conv3d(k3, c3.weight, padding=(1, 0, 0)),
+        torch.nn.functional.conv3d(k5, c5.weight, padding=c5.padding, dilation=c5.dilation),
+        pool3d(p)], dim=1).transpose(1, 2).reshape(n * t, 12, h, w)
+    assert c5.weight.shape[2] == (3 if dilation else 5)
+    y = bag(x)
+    assert torch.allclose(y, expected, atol=1e-6)
+    g = torch.randn_like(y)
+    (grad,) = torch.autograd.grad(y, x, g, retain_graph=True)
+    (grad_expected,) = torch.autograd.grad(expected, x, g)
+    assert torch.allclose(grad, grad_expected, atol=1e-6)

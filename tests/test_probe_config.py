@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -110,3 +111,54 @@ def test_cli_refuses_a_reversed_range(tmp_path, capsys):
     assert main(["data", "synth", str(tmp_path / "x"), "--videos", "4", "--train-size", "0.3", "0.2"]) == 2
     assert "--train-size MIN MAX needs 0 < MIN <= MAX <= 1, got [0.3, 0.2]" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_scale_probe_generator_and_recipe_are_the_same_for_every_row():
+    """Never tuned per row: every trial of a regime reads the same data and trains with the same recipe."""
+    study = load_study(STUDY)
+    assert not any(row.recipe for row in study.rows.values())
+    data = study.profiles["laptop"].data
+    assert data.synth.style == "plain" and data.multiscale_crop is False
+    for regime in study.regimes:
+        trials = [trial_config(study, "laptop", row, 0) for row in study.rows]
+        assert len({(t.data.model_dump_json(), t.recipe.model_dump_json(), t.backbone.model_dump_json())
+                    for t in trials}) == 1, regime
+
+
+def _windows(x: np.ndarray, size: int) -> set[bytes]:
+    h, w = x.shape[1:3]
+    return {x[:, i:i + size, j:j + size].tobytes() for i in range(h - size + 1) for j in range(w - size + 1)}
+
+
+def test_fixed_scale_crop_keeps_the_test_scale():
+    """multiscale_crop: false crops `size` pixels without zoom; TSM's multi-scale crop zooms (what leaks scales)."""
+    import torch
+
+    from harness.data import transforms
+
+    frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    windows = _windows(frames, 28)
+    mean = torch.tensor(transforms.MEAN).view(3, 1, 1)
+    std = torch.tensor(transforms.STD).view(3, 1, 1)
+
+    def view(multiscale: bool, seed: int) -> bytes:
+        x, _ = transforms.train_clip(frames, 0, resize_to=32, size=28, flip=False, swap={},
+                                     rng=np.random.default_rng(seed), multiscale=multiscale)
+        assert x.shape == (2, 3, 28, 28)
+        pixels = (x * std + mean).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return pixels.tobytes()
+
+    assert all(view(False, s) in windows for s in range(20))
+    assert not all(view(True, s) in windows for s in range(20))
+    assert Data(format="synth", root="r").multiscale_crop is True  # TSM's recipe stays the default
+
+
+def test_dataset_takes_the_crop_option_from_data(tmp_path):
+    from harness.data.dataset import build_dataset
+
+    data = Data(format="synth", root=str(tmp_path / "s"), frames=2, size=28, scale_size=32, multiscale_crop=False,
+                synth=Synth(videos=4, frames=4, size=32, val_fraction=0.5, style="plain"))
+    dataset, _ = build_dataset(data, "train", train=True)
+    assert dataset.multiscale is False and dataset[0][0].shape == (2, 3, 28, 28)
+    data = data.model_copy(update={"multiscale_crop": True})
+    assert build_dataset(data, "train", train=True)[0].multiscale is True

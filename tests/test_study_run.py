@@ -13,91 +13,9 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
-
-TINY = """\
-name: tiny
-num_classes: 10
-profiles:
-  laptop:
-    backbone: {{arch: tiny, width: 4, depths: [1, 1, 1, 1]}}
-    data:
-      format: synth
-      root: {root}
-      frames: 4
-      size: 16
-      scale_size: 16
-      synth: {{videos: 32, frames: 8, size: 32, seed: 1}}
-    recipe: {{epochs: {epochs}, batch_size: 8, lr: 0.05, schedule: cosine, threads: 1}}
-    seeds: {seeds}
-    resources: {{cpu: 1}}
-rows:
-  TSN: {{block: tsn}}
-  TSM: {{block: tsm}}
-"""
-
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory) -> Path:
-    """Where the tiny synthetic set lives; the first run generates it, later ones reuse it."""
-    return tmp_path_factory.mktemp("study-synth") / "set"
-
-
-def write_study(folder: Path, root: Path, *, epochs: int = 2, seeds: int = 2, **extra: str) -> Path:
-    text = TINY.format(root=root, epochs=epochs, seeds=seeds)
-    for key, value in extra.items():
-        text += f"{key}: {value}\n"
-    path = folder / "tiny.yaml"
-    path.write_text(text)
-    return path
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env.update(PYTHONUNBUFFERED="1", **extra)
-    return env
-
-
-def harness(args: list[str], cwd: Path, *, timeout: float = 300, env: dict | None = None):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=env or clean_env(),
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def kill_marked(marker: str) -> list[int]:
-    """SIGKILL every process whose environment carries ``marker`` (the driver and the Ray processes it started)."""
-    killed = []
-    needle = f"HARNESS_TEST_MARKER={marker}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed.append(int(entry.name))
-        except (OSError, ProcessLookupError):
-            continue
-    return killed
-
-
-def tracker_for(folder: Path):
-    from harness.tracking import Tracker
-
-    return Tracker(f"sqlite:///{folder / 'work' / 'mlflow.db'}")
-
-
-def study_runs(folder: Path):
-    """(parents, {trial key: child run}) of the study ``tiny`` in the folder's store."""
-    t = tracker_for(folder)
-    parents = t.parents("tiny")
-    children = {}
-    for p in parents:
-        for key, run in t.children(p.info.run_id).items():
-            assert key not in children, f"trial {key} has child runs under two parents"
-            children[key] = run
-    return t, parents, children
-
+from conftest import clean_env, harness, kill_marked, study_runs, write_study
 
 KEYS = {f"tiny/laptop/{row}/seed{s}" for row in ("TSN", "TSM") for s in (0, 1)}
 
@@ -149,6 +67,8 @@ def test_run_writes_parent_and_child_runs_and_tables_from_mlflow(tmp_path, synth
         assert tags["harness.trial_key"] == key and tags["mlflow.parentRunId"] == parent.info.run_id
         assert f"tiny/laptop/{tags['harness.row']}/seed{tags['harness.seed']}" == key
         assert "harness.git_commit" in tags and tags["harness.node_id"]
+        assert tags["harness.protocol"] == parent.data.tags["harness.protocol"]  # issue 14: traced per trial
+        assert tags["harness.data_fingerprint"] == parent.data.tags["harness.data_fingerprint"] != "unavailable"
         assert params["recipe.epochs"] == "2" and params["row.block"] in ("tsn", "tsm")
         assert params["data.root"] == str(synth_root)  # resolved config, flattened
         assert metrics["profile_params"] > 20e6 and metrics["profile_gflops_16"] > 0

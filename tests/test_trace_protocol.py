@@ -122,3 +122,32 @@ def test_the_eval_loader_names_the_short_video(tmp_path, data_media, caplog):
     assert views.shape[0] == 4
     assert any(str(tmp_path / "clip7") in r.message and "6 frames cannot give 4 clips x 3 frames" in r.message
                for r in caplog.records)
+
+
+# ----------------------------------------------------------------------------- stored with each result
+
+
+def test_each_child_run_stores_its_protocol_and_the_table_header_reads_it(tmp_path):
+    from harness import run, tables
+    from harness.config import Study
+    from harness.tracking import Tracker
+
+    study = Study.model_validate({
+        "name": "mini", "num_classes": 4,
+        "profiles": {"laptop": {"backbone": {"arch": "tiny", "width": 4}, "seeds": 2,
+                                "data": {"format": "synth", "root": str(tmp_path / "synth"), "frames": 4,
+                                         "size": 16, "test_clips": 2, "test_crops": 3}}},
+        "rows": {"TSN": {"block": "tsn"}, "TSM": {"block": "tsm"}}})
+    trials = run.plan(study, "laptop", study.profiles["laptop"])
+    trace = {t.key: run.trace_tags(t, {}) for t in trials}
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = run.start_parent_run(tracker, study, "laptop", study.profiles["laptop"], trials,
+                                  study_path="mini.yaml", commit="abc")
+    profiles = {r: {"params": 1, "gflops": {}} for r in study.rows}
+    ids = tracker.ensure_children(parent, run.child_specs(trials, profiles, trace, "abc"))
+    for t in trials:
+        assert tracker.client.get_run(ids[t.key]).data.tags["harness.protocol"] == "4f-16-2x3"
+        tracker.log_epoch(ids[t.key], {"epoch": 1, "val_top1": 50.0})
+        tracker.finish_child(ids[t.key], "FINISHED", summary={"last_top1": 50.0, "best_top1": 50.0})
+    md = tables.render(study, "laptop", tracker.read_study("mini", "laptop", parent))[2]["md"]
+    assert "protocol 4f-16-2x3" in md.splitlines()[2] and "⚠" not in md

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import kill_marked
 
 from harness.screenshot import CHROMIUM, FLAGS, free_port
 
@@ -51,17 +52,6 @@ def read_url(proc: subprocess.Popen, timeout: float) -> str:
         if "/#/experiments/" in line:
             return line.split(": ", 1)[1].strip()
     raise AssertionError(f"harness ui printed no runs URL in {timeout:.0f} s: {''.join(seen)}")
-
-
-def kill_marked(marker: str) -> None:
-    needle = f"HARNESS_TEST_MARKER={marker}".encode()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if needle in (entry / "environ").read_bytes():
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except OSError:
-                continue
 
 
 @pytest.mark.slow

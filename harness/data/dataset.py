@@ -84,12 +84,22 @@ class BadEntries:
     def check(self) -> None:
         n, total = self.count(), len(self._paths)
         if total and n > self.max_fraction * total:
-            first = "\n  ".join(self.paths(5))
-            raise BadDataError(
+            first = ", ".join(self.paths(5))
+            raise BadDataError(  # one line: it is what the CLI prints
                 f"{n} of {total} {self.split} entries ({n / total:.1%}) are unreadable, more than "
-                f"max_bad_fraction={self.max_fraction:g}; first ones:\n  {first}\n"
+                f"max_bad_fraction={self.max_fraction:g}; first ones: {first}. "
                 "Run `harness data inspect` on the split, fix or remove the files, or raise data.max_bad_fraction."
             )
+
+
+def vanished_folder(path: Path) -> Path | None:
+    """The topmost missing folder above a missing file (a data folder deleted or unmounted mid-run), or None."""
+    gone = None
+    for parent in path.parents:
+        if parent.exists():
+            break
+        gone = parent
+    return gone
 
 
 class ClipDataset(Dataset):
@@ -102,6 +112,7 @@ class ClipDataset(Dataset):
         entries: the split, from :func:`harness.data.formats.read_split`.
         frames: T, segments per clip.
         train: random segment offsets and multi-scale crops (else middle frames and fixed crops).
+        multiscale: in training, TSM's multi-scale crop; False: a fixed-scale crop (scale probes).
         resize_to: short side before cropping. size: output side.
         flip: random horizontal flip in training. swap: label map applied to flipped clips.
         clips, crops: test views (eval only); items are ``(clips * crops, T, 3, S, S)``.
@@ -113,13 +124,14 @@ class ClipDataset(Dataset):
 
     def __init__(self, entries: list[Entry], *, frames: int, train: bool, resize_to: int, size: int,
                  flip: bool = False, swap: dict[int, int] | None = None, clips: int = 1, crops: int = 1,
-                 max_bad_fraction: float = 0.01, split: str = "train", with_index: bool = False):
+                 max_bad_fraction: float = 0.01, split: str = "train", with_index: bool = False,
+                 multiscale: bool = True):
         if not entries:
             raise DataError(f"the {split} split has no entries")
         self.entries = entries
         self.frames, self.train, self.resize_to, self.size = frames, train, resize_to, size
         self.flip, self.swap, self.clips, self.crops = flip, dict(swap or {}), clips, crops
-        self.with_index = with_index
+        self.with_index, self.multiscale = with_index, multiscale
         self.bad = BadEntries(entries, max_bad_fraction, split)
         self._mark_missing()
 
@@ -147,6 +159,7 @@ class ClipDataset(Dataset):
                 item = self._load(self.entries[i], rng)
                 return (*item, i) if self.with_index else item
             except UnreadableError as e:
+                self._raise_if_vanished(self.entries[i])
                 self.bad.mark(i, str(e))
             except (ValueError, OSError, RuntimeError) as e:  # odd content (frame sizes, modes): still one file
                 self.bad.mark(i, f"{self.entries[i].path}: {type(e).__name__}: {e}")
@@ -155,12 +168,19 @@ class ClipDataset(Dataset):
             f"(starting at {self.entries[index].path}); run `harness data inspect` on the split"
         )
 
+    def _raise_if_vanished(self, entry: Entry) -> None:
+        """Stop at once when the folder holding an entry is gone: every neighbour would fail the same way."""
+        folder = vanished_folder(entry.path)
+        if folder is not None:
+            raise BadDataError(f"data folder {folder} disappeared during the run ({entry.path} is gone, "
+                               f"{entry.where}); restore it, then continue with --resume")
+
     def _load(self, entry: Entry, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
         clip = open_entry(entry)
         if self.train:
             frames = clip.get(train_indices(clip.num_frames, self.frames, rng))
             return train_clip(frames, entry.label, resize_to=self.resize_to, size=self.size,
-                              flip=self.flip, swap=self.swap, rng=rng)
+                              flip=self.flip, swap=self.swap, rng=rng, multiscale=self.multiscale)
         idx = clip_indices(clip.num_frames, self.frames, self.clips, where=str(entry.path))
         frames = clip.get(idx.reshape(-1))  # one get_batch for all views
         views = [eval_clip(f, resize_to=self.resize_to, size=self.size, crops=self.crops)
@@ -178,9 +198,14 @@ class ClipLoader(DataLoader):
 
     def __iter__(self):
         bad = self.dataset.bad
-        for batch in super().__iter__():
-            bad.check()
-            yield batch
+        try:
+            for batch in super().__iter__():
+                bad.check()
+                yield batch
+        except DataError as e:  # raised in a worker, torch wraps the message in the worker's traceback
+            if "Original Traceback" not in str(e):
+                raise
+            raise type(e)(str(e).rstrip().splitlines()[-1].partition(": ")[2]) from e
 
 
 class SeededSampler(Sampler):
@@ -252,6 +277,7 @@ def build_dataset(data: Data, split: str, *, train: bool, with_index: bool = Fal
         entries, frames=data.frames, train=train, resize_to=data.resize, size=data.size,
         flip=data.flip and train, swap=flip_swap(data, result.classes), clips=data.test_clips,
         crops=data.test_crops, max_bad_fraction=data.max_bad_fraction, split=split, with_index=with_index,
+        multiscale=data.multiscale_crop,
     )
     return dataset, result.classes
 

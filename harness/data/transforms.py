@@ -7,7 +7,9 @@ of a clip:
   results), then ``GroupMultiScaleCrop``: a crop side drawn from
   ``scales x min(H, W)`` for height and width (aspect distortion at most one
   scale step, sides within 3 px of the output snapped to it), placed at one of
-  13 fixed positions, resized to ``size``; optional horizontal flip;
+  13 fixed positions, resized to ``size`` (``data.multiscale_crop: false``: a
+  ``size`` crop at one of those positions, no zoom, for scale probes); optional
+  horizontal flip;
 * eval: short side to ``resize``, then 1 centre crop, 3 crops along the long
   side (``GroupFullResSample``), 5 (corners + centre, ``GroupOverSample``) or
   10 (those 5 and their mirror images);
@@ -79,6 +81,15 @@ def multiscale_box(height: int, width: int, size: int, rng: np.random.Generator,
     return top, left, ch, cw
 
 
+def fixed_scale_box(height: int, width: int, size: int, rng: np.random.Generator) -> Box:
+    """A ``size`` crop at a random one of the 13 ``fix_offsets`` positions: the position jitter of
+    :func:`multiscale_box` without its zoom, so objects keep the size and speed they have at test time."""
+    ch, cw = min(size, height), min(size, width)
+    offsets = fix_offsets(height, width, ch, cw)
+    top, left = offsets[rng.integers(len(offsets))]
+    return top, left, ch, cw
+
+
 def center_box(height: int, width: int, size: int) -> Box:
     return (height - size) // 2, (width - size) // 2, size, size
 
@@ -119,10 +130,12 @@ def symmetric_swap(pairs: dict[int, int] | None) -> dict[int, int]:
 
 
 def train_clip(frames: np.ndarray, label: int, *, resize_to: int, size: int, flip: bool,
-               swap: dict[int, int], rng: np.random.Generator) -> tuple[torch.Tensor, int]:
-    """Training view: short-side resize, multi-scale crop, optional flip (+label swap); ``(T, 3, S, S)`` float32."""
+               swap: dict[int, int], rng: np.random.Generator, multiscale: bool = True) -> tuple[torch.Tensor, int]:
+    """Training view: short-side resize, multi-scale crop (or, ``multiscale=False``, a fixed-scale crop),
+    optional flip (+label swap); ``(T, 3, S, S)`` float32."""
     x = resize_short(to_tensor(frames), resize_to)
-    x = resize(crop(x, multiscale_box(x.shape[-2], x.shape[-1], size, rng)), size, size)
+    box = (multiscale_box if multiscale else fixed_scale_box)(x.shape[-2], x.shape[-1], size, rng)
+    x = resize(crop(x, box), size, size)
     if flip and rng.random() < 0.5:
         x = x.flip(-1)
         label = swap.get(label, label)

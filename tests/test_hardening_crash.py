@@ -1,0 +1,198 @@
+"""Crash safety: kill the driver at random points, or one trial's worker, and resume; nothing is lost or doubled.
+
+The driver (``python -m harness.cli run``) runs in its own session. A kill
+takes its process group and then every process carrying the test's
+environment marker: Ray's GCS, raylet and workers outlive a SIGKILLed driver
+otherwise, and the next ``ray.init(address="local")`` would start beside them.
+
+The kill points come from a seeded RNG (:data:`KILL_SEED`): the first lands at
+a random delay after start (imports, profiling, the MLflow store, Ray start),
+the others at a random delay after the first epoch of that invocation reached
+the driver (trials running, checkpoints being written).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import (clean_env, harness, kill_driver, kill_marked, marked_pids, start_harness, study_runs,
+                      write_study)
+
+KILL_SEED = 10
+# 2 epochs: with CheckpointConfig(num_to_keep=2) Ray then never deletes a checkpoint. With more, and epochs
+# shorter than Tune's experiment-state lag (~1 s; these take ~0.3 s), a kill can leave the saved state
+# pointing at a checkpoint Ray has deleted, and the restore fails ("Could not recover from checkpoint as
+# it does not exist on storage anymore"): a harness.tune issue, reported, not what this test is about.
+EPOCHS = 2
+KEYS = {f"tiny/laptop/{row}/seed{s}" for row in ("TSN", "TSM") for s in (0, 1)}
+# (anchor, delay range in s): "start" counts from the driver's start, "epoch" from its first epoch line
+KILLS = [("start", (1.0, 10.0)), ("epoch", (0.0, 1.5)), ("epoch", (0.0, 1.5))]
+EPOCH_LINE = "INFO harness.tune: epoch "
+# what may differ from the uninterrupted run: when and at which commit it ran; every number must match
+VOLATILE = ["date", "git_commit"]
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(poll)
+
+
+def kill_at(proc, log: Path, anchor: str, delay: float, marker: str) -> str:
+    """SIGKILL the driver ``delay`` s after its anchor; returns where the kill landed."""
+    if anchor == "epoch":
+        wait_for(lambda: proc.poll() is not None or EPOCH_LINE in log.read_text(), 300, "a first epoch")
+    time.sleep(delay)
+    text = log.read_text()
+    phase = "after exit" if proc.poll() is not None else "trials" if EPOCH_LINE in text else "setup"
+    kill_driver(proc, marker)
+    # nothing of Ray outlives the kill (zombies have no environment, so they are not counted)
+    wait_for(lambda: not kill_marked(marker), 30, "the marked processes to die", poll=0.5)
+    return phase
+
+
+def all_trial_runs(folder: Path) -> list:
+    """Every run in the study's experiment that carries a trial key, deleted or not (``children`` dedups)."""
+    from mlflow.entities import ViewType
+
+    t, parents, _ = study_runs(folder)
+    runs = t.client.search_runs([parents[0].info.experiment_id], run_view_type=ViewType.ALL, max_results=1000)
+    return [r for r in runs if "harness.trial_key" in r.data.tags]
+
+
+@pytest.mark.slow
+def test_driver_killed_at_random_points_resumes_to_the_uninterrupted_table(tmp_path, synth_root):
+    straight, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    for folder in (straight, killed):
+        folder.mkdir()
+        write_study(folder, synth_root, epochs=EPOCHS, seeds=2)
+    r = harness(["run", "tiny.yaml"], straight)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+
+    rng = random.Random(KILL_SEED)
+    marker = uuid.uuid4().hex
+    env = clean_env(HARNESS_TEST_MARKER=marker)
+    landed = []
+    try:
+        for i, (anchor, delays) in enumerate(KILLS):
+            log = killed / f"driver-{i}.log"
+            with open(log, "w") as out:
+                proc = start_harness(["run", "tiny.yaml", *(["--resume"] if i else [])], killed, env, out)
+                try:
+                    landed.append(kill_at(proc, log, anchor, rng.uniform(*delays), marker))
+                finally:
+                    kill_driver(proc, marker)
+        assert landed.count("trials") >= 2, f"kills landed at {landed}; see {killed}/driver-*.log"
+        r = harness(["run", "tiny.yaml", "--resume"], killed, env=env)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    finally:
+        kill_marked(marker)
+
+    t, parents, children = study_runs(killed)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED", "every --resume reattaches to one parent"
+    runs = all_trial_runs(killed)
+    assert Counter(r.data.tags["harness.trial_key"] for r in runs) == Counter(KEYS), "one child run per trial"
+    for run in runs:
+        key = run.data.tags["harness.trial_key"]
+        assert run.info.status == "FINISHED", key
+        steps = [m.step for m in t.client.get_metric_history(run.info.run_id, "val_top1")]
+        assert sorted(steps) == list(range(1, EPOCHS + 1)), (key, steps)  # no epoch logged twice or lost
+
+    # CPU trials are bit-reproducible and resume restores every RNG: the table equals the uninterrupted one
+    got = pd.read_csv(killed / "results" / "tiny.csv").drop(columns=VOLATILE)
+    want = pd.read_csv(straight / "results" / "tiny.csv").drop(columns=VOLATILE)
+    assert list(got["row"]) == list(want["row"]) == ["TSN", "TSM"]
+    pd.testing.assert_frame_equal(got, want)
+
+
+# ----------------------------------------------------------------------------- the store's creation
+
+
+def test_a_driver_killed_while_mlflow_creates_its_store_leaves_a_usable_folder(tmp_path):
+    """Killed in MLflow's first migration, a store would be left half-migrated and refuse every later open
+    ("table _alembic_tmp_tags already exists"); it is built under a temporary name instead."""
+    import subprocess
+    import sys
+
+    from harness.tracking import Tracker
+
+    db = tmp_path / "work" / "mlflow.db"
+    code = f"from harness.tracking import Tracker; Tracker('sqlite:///{db}')"
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        wait_for(lambda: proc.poll() is not None or list(db.parent.glob(".mlflow.db.*.creating")), 120,
+                 "the store's creation", poll=0.01)
+        time.sleep(0.2)  # into the migration (~0.5-1 s here)
+        assert proc.poll() is None, "the store was created before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    assert not db.exists()  # no half-made store under the real name
+    t = Tracker(f"sqlite:///{db}")
+    t.prepare()
+    assert t.experiments() == {} and db.exists()
+    assert not list(db.parent.glob(".*creating*"))  # the dead creator's files are gone
+
+
+# ----------------------------------------------------------------------------- a worker dies, the driver lives
+
+
+def trial_workers(marker: str) -> list[int]:
+    """Ray's trial actor processes (``ray::ImplicitFunc``) among the marked ones."""
+    found = []
+    for pid in marked_pids(marker):
+        try:
+            if b"ImplicitFunc" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_worker_resumes_its_trial_from_the_last_checkpoint(tmp_path, synth_root):
+    epochs = 8
+    write_study(tmp_path, synth_root, epochs=epochs, seeds=1, rows={"TSM": "tsm"})
+    marker = uuid.uuid4().hex
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:
+        proc = start_harness(["run", "tiny.yaml"], tmp_path, clean_env(HARNESS_TEST_MARKER=marker), out)
+        try:
+            wait_for(lambda: proc.poll() is not None or trial_workers(marker), 300, "the trial's worker")
+            [worker] = trial_workers(marker)
+            # the 2nd checkpoint on storage: Tune has registered the 1st (it saves between two reports)
+            storage = tmp_path / "work" / "ray" / "tiny"
+            wait_for(lambda: proc.poll() is not None or list(storage.glob("*/*/checkpoint_000001")), 300,
+                     "a second checkpoint", poll=0.02)
+            assert proc.poll() is None, log.read_text()[-3000:]
+            os.kill(worker, signal.SIGKILL)
+            assert proc.wait(300) == 0, log.read_text()[-3000:]
+        finally:
+            kill_driver(proc, marker)
+
+    # Ray's per-trial result log: who reported which epoch
+    [results] = storage.glob("*/*/result.json")
+    reports = [json.loads(line) for line in results.read_text().splitlines()]
+    epochs_by_pid: dict[int, list[int]] = {}
+    for r in reports:
+        if r.get("epoch") is not None:
+            epochs_by_pid.setdefault(r["pid"], []).append(int(r["epoch"]))
+    assert worker in epochs_by_pid and len(epochs_by_pid) == 2, epochs_by_pid
+    before, after = epochs_by_pid[worker], next(v for p, v in epochs_by_pid.items() if p != worker)
+    assert after[0] > 1, f"the retried trial started again at epoch 1: {epochs_by_pid}"
+    assert after[0] <= before[-1] + 1 and after == list(range(after[0], epochs + 1)), epochs_by_pid
+
+    t, _, children = study_runs(tmp_path)
+    [run] = children.values()
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in t.client.get_metric_history(run.info.run_id, "val_top1")]
+    assert sorted(steps) == list(range(1, epochs + 1))

@@ -1,0 +1,157 @@
+"""The probe's outputs from MLflow-shaped runs: the table's worst cell / spread / mean ± std, the heatmap PNG,
+and the probe study's plan (no training: hand-made runs, as :meth:`harness.tracking.Tracker.read_study` returns)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness import plots, tables
+from harness.config import Study, load_study
+from harness.probe import SIZE_NAMES, SPEED_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG"
+
+
+def probe_study(rows=("TSN", "Ours")) -> Study:
+    blocks = {"TSN": {"block": "tsn"}, "Ours": {"block": "vps", "proportion": 0.25}}
+    return Study.model_validate({
+        "name": "probe_t", "kind": "probe",
+        "profiles": {"laptop": {"backbone": {"arch": "tiny"}, "data": {
+            "format": "synth", "root": "r", "buckets": {"size": [0.2, 0.25], "speed": [0.03, 0.045]}}}},
+        "rows": {r: blocks[r] for r in rows},
+        "regimes": {"in-distribution": {"description": "all scales"},
+                    "scale-shift": {"train_size": [0.21, 0.24]}}})
+
+
+def trial(row, regime, seed, cells, *, last, status="FINISHED", default=50.0):
+    """A child run: every cell at ``default`` except those in ``cells``; ``None`` drops a cell (no val clip)."""
+    metrics = {"last_top1": last, "val_top1": last, "epoch": 5.0}
+    for size in SIZE_NAMES:
+        for speed in SPEED_NAMES:
+            value = cells.get((size, speed), default)
+            if value is not None:
+                metrics[f"val_top1/size_{size}/speed_{speed}"] = value
+                metrics[f"val_count/size_{size}/speed_{speed}"] = 20.0 + seed
+    metrics["val_top1/size_small"] = 0.0  # marginals are not cells: they must not count
+    key = f"probe_t/laptop/{row}/{regime}/seed{seed}"
+    return {"key": key, "run_id": f"id-{row}-{regime}-{seed}", "status": status, "row": row, "seed": seed,
+            "tags": {"harness.row": row, "harness.seed": str(seed), "harness.regime": regime},
+            "params": {"data.frames": "4", "data.size": "28"}, "metrics": metrics,
+            "val_top1_history": {5: last}}
+
+
+@pytest.fixture
+def runs():
+    # seed 0: worst 20 (small/slow), best 80, spread 60; seed 1: worst 30 (medium/medium), best 90, spread 60.
+    # Worst and spread are per seed (25, 60); the worst and spread of the mean cells would be 30 and 45.
+    ours = [
+        trial("Ours", "in-distribution", 0, {("small", "slow"): 20.0, ("large", "fast"): 80.0}, last=40.0),
+        trial("Ours", "in-distribution", 1, {("small", "slow"): 40.0, ("medium", "medium"): 30.0,
+                                             ("large", "slow"): 90.0}, last=44.0, default=60.0),
+        trial("Ours", "in-distribution", 2, {("small", "slow"): 0.0}, last=0.0, status="FAILED"),  # not counted
+        # one seed only, and a cell without val clips: worst over the eight cells present, no std
+        trial("Ours", "scale-shift", 0, {("large", "fast"): None, ("medium", "fast"): 10.0}, last=35.0),
+    ]
+    tsn = [trial("TSN", regime, s, {("medium", "medium"): 30.0 + s}, last=25.0 + s)
+           for regime in ("in-distribution", "scale-shift") for s in (0, 1)]
+    parent = {"run_id": "parent-1", "experiment_id": "1", "status": "FINISHED", "start_time": 0,
+              "end_time": 60_000, "tags": {"harness.seeds": "2", "harness.git_commit": "abc123",
+                                           "harness.wall_s": "612.4"}, "params": {}}
+    return {"parent": parent, "trials": tsn + ours}
+
+
+def test_probe_frame_worst_cell_spread_and_mean_std(runs):
+    frame = tables.probe_frame(probe_study(), runs).set_index(["row", "regime"])
+    assert list(frame.index) == [("TSN", "in-distribution"), ("TSN", "scale-shift"),
+                                 ("Ours", "in-distribution"), ("Ours", "scale-shift")]
+    ours = frame.loc[("Ours", "in-distribution")]
+    assert (ours["seeds"], ours["trials"]) == (2, 3)
+    assert ours["top1_mean"] == pytest.approx(42.0) and ours["top1_std"] == pytest.approx(2 ** 0.5 * 2)
+    assert ours["worst_mean"] == pytest.approx(25.0) and ours["worst_std"] == pytest.approx(50 ** 0.5)
+    assert ours["spread_mean"] == pytest.approx(60.0) and ours["spread_std"] == pytest.approx(0.0)
+    assert ours["worst_cell"] == "small/slow" and ours["cells"] == 9 and ours["min_cell_clips"] == 21
+    shift = frame.loc[("Ours", "scale-shift")]
+    assert shift["cells"] == 8 and shift["worst_mean"] == 10.0 and shift["spread_mean"] == 40.0
+    assert shift["worst_std"] is None or pd.isna(shift["worst_std"])  # one seed: no std
+    tsn = frame.loc[("TSN", "scale-shift")]
+    assert tsn["worst_mean"] == pytest.approx(30.5) and tsn["spread_mean"] == pytest.approx(19.5)
+    assert tsn["worst_cell"] == "medium/medium"
+
+
+def test_cell_means_average_the_seeds_in_study_order(runs):
+    means = tables.cell_means(probe_study(), runs)
+    assert list(pd.unique(means["row"])) == ["TSN", "Ours"]
+    cell = means[(means["row"] == "Ours") & (means["regime"] == "in-distribution")].set_index(["size", "speed"])
+    assert cell.loc[("small", "slow"), "top1"] == pytest.approx(30.0)  # (20 + 40) / 2, the FAILED seed left out
+    assert cell.loc[("large", "slow"), "top1"] == pytest.approx(70.0)
+    assert len(means) == 4 * 9 - 1  # the cell without val clips is absent, not 0
+
+
+def test_probe_tables_and_heatmap_are_written_from_the_runs(runs, tmp_path):
+    class FakeTracker:
+        def read_study(self, study, profile, parent_id=None):
+            return runs
+
+    paths = tables.write(probe_study(), "laptop", FakeTracker(), out_dir=tmp_path)
+    assert sorted(paths) == ["csv", "md", "png"]
+    md = paths["md"].read_text(encoding="utf-8")
+    lines = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| Ours")]
+    assert lines[0] == ["Ours", "in-distribution", "42.0 ± 2.8", "25.0 ± 7.1", "60.0 ± 0.0", "small/slow", "2/3"]
+    assert lines[1][:5] == ["Ours", "scale-shift", "35.0", "10.0", "40.0"]  # one seed: no ± std
+    assert "cut at [0.2, 0.25]" in md and "Wall time of the probe" in md and "612 s" in md
+    csv = pd.read_csv(paths["csv"])
+    assert {"row", "regime", "top1_mean", "worst_mean", "worst_std", "spread_mean", "spread_std"} <= set(csv.columns)
+    assert csv.loc[(csv["row"] == "Ours") & (csv["regime"] == "in-distribution"), "worst_mean"].item() == 25.0
+    assert paths["png"].read_bytes()[:4] == PNG
+
+
+def test_heatmap_has_a_panel_per_block_and_regime_on_one_colour_scale(runs):
+    means = tables.cell_means(probe_study(), runs)
+    fig = plots.scale_heatmap_figure(means)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 2 * 2  # 2 blocks x 2 regimes, one 3x3 image each
+    assert {ax.images[0].get_array().shape for ax in panels} == {(3, 3)}
+    assert len({ax.images[0].get_clim() for ax in panels}) == 1  # the same colour scale everywhere
+    assert [ax.get_title() for ax in panels] == ["TSN", "Ours", "TSN", "Ours"]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    empty = plots.scale_heatmap_figure(means.iloc[:0])  # every trial failed: a figure that says so, no panel
+    assert not any(ax.images for ax in empty.axes) and "no finished trial" in empty.axes[0].texts[0].get_text()
+    plt.close(empty)
+
+
+def test_scale_probe_study_dry_runs_rows_x_regimes_x_seeds(monkeypatch, capsys):
+    from harness import run
+    from harness.cli import main
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(run, "profile_rows", lambda study, sizes, *args, **kwargs: {  # fvcore on R50 is not the point here
+        row: {"params": 1e6, "gflops": {str(s): 1.0 for s in sizes}} for row in study.rows})
+    study = load_study("studies/scale_probe.yaml")
+    assert main(["run", "studies/scale_probe.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    rows, regimes, seeds = len(study.rows), len(study.regimes), study.profiles["laptop"].seeds
+    assert f"{rows} rows x {regimes} regimes x {seeds} seeds = {rows * regimes * seeds} trials" in out
+    for row in study.rows:
+        for regime in study.regimes:
+            for seed in range(study.profiles["laptop"].seeds):
+                assert f"scale_probe/laptop/{row}/{regime}/seed{seed}" in out
+    assert "nothing written" in out
+
+
+def test_versus_line_compares_ours_with_the_single_rf_rows_using_both_stds():
+    frame = pd.DataFrame([
+        {"row": "Ours", "regime": "in-distribution", "worst_mean": 50.0, "worst_std": 3.0},
+        {"row": "RF-S", "regime": "in-distribution", "worst_mean": 40.0, "worst_std": 4.0},
+        {"row": "RF-L", "regime": "in-distribution", "worst_mean": 48.0, "worst_std": 4.0},
+        {"row": "Ours", "regime": "scale-shift", "worst_mean": 20.0, "worst_std": 3.0},
+        {"row": "RF-S", "regime": "scale-shift", "worst_mean": 30.0, "worst_std": 4.0},
+        {"row": "RF-L", "regime": "scale-shift", "worst_mean": 25.0, "worst_std": None}])
+    ind, shift = tables.versus(frame)
+    assert "(in-distribution), Ours minus: +10.0 ± 5.0 vs RF-S (higher); +2.0 ± 5.0 vs RF-L (within" in ind
+    assert "-10.0 ± 5.0 vs RF-S (lower); -5.0 vs RF-L (one seed: no std)" in shift
+    assert tables.versus(frame[frame["row"] != "Ours"]) == []  # nothing to compare: no line
