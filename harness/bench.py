@@ -6,6 +6,9 @@ the same process, interleaved (TSN, TSM, ..., TSN, TSM, ...), so machine load
 and clock changes hit every block alike. No test asserts a time.
 
     harness bench blocks --size 112 --frames 8 --format md
+    harness bench data                        # loader clips/s with 0, 1, 2 workers vs the model's
+    harness bench harness --epochs 12         # 6 laptop trials via Ray Tune + MLflow vs a plain pool
+    make bench                                # all three -> results/bench.md
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import re
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -237,7 +240,7 @@ def _ray_tune(study, profile_name: str, profile, trials: list, out: Path, concur
     ray_start_s = time.perf_counter() - start - mlflow_s
     try:
         t0 = time.perf_counter()
-        tuning.run_trials([t.spec() for t in trials], storage=out / "ray", name="bench",
+        tuning.run_trials([t.spec() for t in trials], storage=out, name="ray",
                           resources=profile.resources.model_dump(), max_concurrent=concurrency,
                           callback=tuning.MlflowCallback(tracker.uri, parent, total=len(trials)))
         tune_s = time.perf_counter() - t0
@@ -252,48 +255,58 @@ def _ray_tune(study, profile_name: str, profile, trials: list, out: Path, concur
                        for k, r in runs.items()}}
 
 
-def bench_harness(study_path: str, *, profile: str = "laptop", rows: tuple[str, ...] = ("TSN", "TSM", "Ours"),
-                  trials: int = 6, epochs: int | None = None, concurrency: int | None = None) -> dict[str, Any]:
+def harness_trials(study_path: str, *, profile: str = "laptop", rows: tuple[str, ...] = ("TSN", "TSM", "Ours"),
+                   trials: int = 6, epochs: int | None = None) -> tuple[Any, Any, list]:
+    """(study, resolved profile, trials): the rows repeated over seeds, as ``harness run`` plans them."""
+    from .config import Recipe
+    from .run import plan, resolve_profile
+
+    if trials < 1:
+        raise ValueError(f"--trials must be at least 1, got {trials}")
+    study = load_study(study_path)
+    unknown = [r for r in rows if r not in study.rows]
+    if unknown:
+        raise ValueError(f"--rows: no row(s) {', '.join(unknown)} in the study; it has {', '.join(study.rows)}")
+    study = study.model_copy(update={"rows": {r: study.rows[r] for r in rows}})
+    prof = resolve_profile(study, profile, seeds=math.ceil(trials / len(rows)))
+    if epochs is not None:  # validated like the YAML value
+        prof.recipe = Recipe.model_validate({**prof.recipe.model_dump(), "epochs": epochs})
+    return study, prof, plan(study, profile, prof)[:trials]
+
+
+def bench_harness(study, profile_name: str, profile, trials: list, *,
+                  concurrency: int | None = None) -> dict[str, Any]:
     """The same trials through Ray Tune + MLflow and through a plain process pool of equal concurrency.
 
     Wall ratio = Ray wall / plain wall. Per-trial overhead = (Ray wall - plain
     wall) x concurrency / trials: the extra seconds each trial slot costs,
-    Ray's start-up and MLflow's bookkeeping included.
+    Ray's start-up and MLflow's bookkeeping included. The plain path runs
+    first; both write into one temporary folder that is removed afterwards.
     """
     from .data import ensure_synth
-    from .run import plan, resolve_profile
 
-    study = load_study(study_path)
-    unknown = [r for r in rows if r not in study.rows]
-    if unknown:
-        raise ValueError(f"{study_path}: no row(s) {unknown}; rows: {', '.join(study.rows)}")
-    study = study.model_copy(update={"rows": {r: study.rows[r] for r in rows}})
-    prof = resolve_profile(study, profile, seeds=math.ceil(trials / len(rows)))
-    if epochs is not None:
-        prof.recipe = prof.recipe.model_copy(update={"epochs": epochs})
-    todo = plan(study, profile, prof)[:trials]
-    slots = max(1, int((os.cpu_count() or 1) // prof.resources.cpu))
-    concurrency = min(concurrency or slots, len(todo))
-    for data in {t.config.data.root: t.config.data for t in todo if t.config.data.format == "synth"}.values():
+    slots = max(1, int((os.cpu_count() or 1) // profile.resources.cpu))
+    concurrency = min(concurrency or slots, len(trials))
+    for data in {t.config.data.root: t.config.data for t in trials if t.config.data.format == "synth"}.values():
         ensure_synth(data)  # once, before either path, as harness run does
     with tempfile.TemporaryDirectory(prefix="bench-harness-") as tmp:
-        log.info("plain: %d trials, %d at a time", len(todo), concurrency)
-        plain = _plain_loop(todo, Path(tmp) / "plain", concurrency)
-        log.info("Ray Tune + MLflow: %d trials, %d at a time", len(todo), concurrency)
-        ray_ = _ray_tune(study, profile, prof, todo, Path(tmp) / "ray", concurrency)
+        log.info("plain: %d trials, %d at a time", len(trials), concurrency)
+        plain = _plain_loop(trials, Path(tmp) / "plain", concurrency)
+        log.info("Ray Tune + MLflow: %d trials, %d at a time", len(trials), concurrency)
+        ray_ = _ray_tune(study, profile_name, profile, trials, Path(tmp) / "tune", concurrency)
     same = sum(ray_["trials"].get(k, {}).get("last_top1") == p["last_top1"] for k, p in plain["trials"].items())
     finished = [sum(t["status"] == "FINISHED" for t in path["trials"].values()) for path in (plain, ray_)]
     return {
-        "study": str(study_path), "profile": profile, "trials": len(todo), "epochs": prof.recipe.epochs,
-        "concurrency": concurrency, "threads_per_trial": prof.recipe.threads,
+        "study": study.name, "profile": profile_name, "trials": len(trials), "epochs": profile.recipe.epochs,
+        "concurrency": concurrency, "threads_per_trial": profile.recipe.threads,
         "baseline": f"harness.train.fit in a ProcessPoolExecutor of {concurrency} spawned processes "
-                    f"({prof.recipe.threads} torch thread(s) each)",
+                    f"({profile.recipe.threads} torch thread(s) each)",
         "plain_wall_s": plain["wall_s"],
         "plain_trial_s": float(np.mean([t["seconds"] for t in plain["trials"].values()])),
         "ray_wall_s": ray_["wall_s"], "ray_start_s": ray_["ray_start_s"],
         "mlflow_setup_s": ray_["mlflow_setup_s"], "tune_s": ray_["tune_s"],
         "wall_ratio": ray_["wall_s"] / plain["wall_s"],
-        "overhead_per_trial_s": (ray_["wall_s"] - plain["wall_s"]) * concurrency / len(todo),
+        "overhead_per_trial_s": (ray_["wall_s"] - plain["wall_s"]) * concurrency / len(trials),
         "finished_plain": finished[0], "finished_ray": finished[1], "same_last_top1": same,
     }
 
@@ -326,8 +339,15 @@ def main(args) -> int:
                f"{machine()}; goal: loader >= 1.5x model.")
         return 0
     if args.bench_command == "harness":
-        result = bench_harness(args.study, profile=args.profile, rows=tuple(args.rows.split(",")),
-                               trials=args.trials, epochs=args.epochs, concurrency=args.concurrency)
+        from .errors import fail_config
+
+        try:
+            study, profile, trials = harness_trials(args.study, profile=args.profile, trials=args.trials,
+                                                    rows=tuple(args.rows.split(",")), epochs=args.epochs)
+        except Exception as exc:  # noqa: BLE001 - a config error is one line and exit 2
+            return fail_config(args.study, exc)
+        with redirect_stdout(sys.stderr):  # Ray Tune prints its configuration box to stdout
+            result = bench_harness(study, args.profile, profile, trials, concurrency=args.concurrency)
         if args.format == "json":
             json.dump(result, sys.stdout, indent=1)
             print()

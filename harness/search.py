@@ -289,7 +289,8 @@ def execute(study: Study, profile_name: str, profile: Profile, *, study_path: st
                 startup_trials=search.startup_trials, population_size=search.population_size,
                 num_samples=budget.num_samples, max_concurrent=max_concurrent, epochs=profile.recipe.epochs,
                 grace_period=budget.grace_period, reduction_factor=budget.reduction_factor,
-                max_failures=max_failures, restore=restore)
+                max_failures=max_failures, keep=tuning.checkpoints_to_keep(profile.backbone.arch),
+                restore=restore)
             log.info("Ray Tune finished in %.1f s", time.perf_counter() - t0)
         except KeyboardInterrupt:
             tracker.finish(parent_id, "KILLED")

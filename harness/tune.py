@@ -380,6 +380,26 @@ def _num(v: Any) -> float:
 # ----------------------------------------------------------------------------- running a plan
 
 
+def checkpoints_to_keep(arch: str) -> int | None:
+    """How many checkpoints Ray keeps per trial (None: all).
+
+    Ray deletes older checkpoints at once but saves its experiment state only
+    about once a second, so a driver killed in between leaves a state that
+    names a deleted checkpoint, and ``--resume`` cannot restore that trial.
+    Only sub-second epochs hit that window: the tiny laptop backbone's, whose
+    checkpoints are a few MB, so it keeps them all. Paper backbones (minutes an
+    epoch, hundreds of MB a checkpoint) keep two.
+    """
+    return None if arch == "tiny" else 2
+
+
+def run_config(name: str, storage: Path, callback: Any, *, max_failures: int, keep: int | None) -> Any:
+    """Where a Tune experiment lives, its MLflow callback, retries and checkpoint retention."""
+    return tune.RunConfig(name=name, storage_path=str(Path(storage).resolve()), callbacks=[callback], verbose=0,
+                          failure_config=tune.FailureConfig(max_failures=max_failures),
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=keep))
+
+
 def run_trials(specs: Sequence[Mapping[str, Any]], *, storage: Path, name: str, resources: Mapping[str, float],
                callback: MlflowCallback, max_concurrent: int | None = None, max_failures: int = 2,
                restore: bool = False) -> dict[str, str]:
@@ -393,6 +413,7 @@ def run_trials(specs: Sequence[Mapping[str, Any]], *, storage: Path, name: str, 
     path = Path(storage) / name
     request, data_parallel = trial_resources(resources, experiment=path, max_failures=max_failures)
     wrapped = tune.with_resources(trainable, request)
+    keep = checkpoints_to_keep(specs[0]["train"]["backbone"]["arch"]) if specs else 2
     if restore:
         log.info("restoring Ray experiment %s", path)
         tuner = tune.Tuner.restore(str(path), trainable=wrapped, resume_unfinished=True,
@@ -405,10 +426,7 @@ def run_trials(specs: Sequence[Mapping[str, Any]], *, storage: Path, name: str, 
             param_space={"trial": tune.grid_search(list(specs)), **data_parallel},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_name_creator=trial_name,
                                         trial_dirname_creator=trial_dirname, reuse_actors=False),
-            run_config=tune.RunConfig(
-                name=name, storage_path=str(Path(storage).resolve()), callbacks=[callback], verbose=0,
-                failure_config=tune.FailureConfig(max_failures=max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+            run_config=run_config(name, storage, callback, max_failures=max_failures, keep=keep),
         )
     grid = tuner.fit()
     states = {}
@@ -636,7 +654,7 @@ def run_search(space: Mapping[str, Any], make_spec: Any, *, storage: Path, name:
                resources: Mapping[str, float], callback: MlflowCallback, metric: str, multi_objective: bool,
                seed: int, startup_trials: int, population_size: int, num_samples: int, max_concurrent: int,
                epochs: int, grace_period: int, reduction_factor: float, max_failures: int = 2,
-               restore: bool = False) -> dict[str, str]:
+               keep: int | None = 2, restore: bool = False) -> dict[str, str]:
     """Run (or resume) a search with Ray Tune; returns Tune's final state per trial key.
 
     Single objective: ASHA on ``metric`` by epoch (``grace_period`` epochs, then
@@ -645,6 +663,7 @@ def run_search(space: Mapping[str, Any], make_spec: Any, *, storage: Path, name:
     ``restore=True``: ``Tuner.restore`` of ``storage/name``; the searcher (Optuna's
     study, sampler RNG, this harness's bookkeeping) comes back from the saved
     experiment state, unfinished trials resume from their last checkpoint.
+    ``keep``: checkpoints kept per trial (:func:`checkpoints_to_keep`).
     """
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -672,10 +691,7 @@ def run_search(space: Mapping[str, Any], make_spec: Any, *, storage: Path, name:
             tune_config=tune.TuneConfig(search_alg=algorithm, scheduler=scheduler, num_samples=num_samples,
                                         trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
                                         reuse_actors=False),
-            run_config=tune.RunConfig(
-                name=name, storage_path=str(Path(storage).resolve()), callbacks=[callback], verbose=0,
-                failure_config=tune.FailureConfig(max_failures=max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+            run_config=run_config(name, storage, callback, max_failures=max_failures, keep=keep),
         )
     grid = tuner.fit()
     states = {}

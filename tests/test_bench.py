@@ -91,3 +91,12 @@ def test_bench_report_has_the_machine_and_one_section_per_bench(tmp_path):
     assert f"- cores: {os.cpu_count()}" in text and f"- torch: {torch.__version__}" in text
     assert "- CPU: " in text and "- commit: " in text and "- date: " in text
     assert text.index("## blocks\n\n| row | time_ratio |") < text.index("## harness\n\nwall ratio 1.05")
+
+
+def test_bench_harness_rejects_unknown_rows_and_bad_epochs_in_one_line(capsys):
+    assert main(["bench", "harness", "--study", "studies/table1.yaml", "--rows", "TSN,Nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: studies/table1.yaml: ") and "Nope" in err and "Ours" in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(["bench", "harness", "--study", "studies/table1.yaml", "--epochs", "0"]) == 2
+    assert "epochs" in capsys.readouterr().err

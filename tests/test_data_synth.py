@@ -209,10 +209,7 @@ def test_width_decord_cannot_batch_is_read_with_pyav(tmp_path):
 
 
 @pytest.mark.slow
-def test_generation_rate_allows_two_thousand_clips_in_two_minutes(tmp_path):
-    """400 clips of 16 x 64 x 64, scaled to 2,000 (start-up is counted five times over, so it is conservative)."""
-    start = time.perf_counter()
-    synth_mod.generate(tmp_path / "big", videos=400, frames=16, size=64, seed=0, processes=2)
-    elapsed = time.perf_counter() - start
-    assert len(list((tmp_path / "big" / "videos").iterdir())) == 400
-    assert elapsed * 5 < 120, f"400 clips took {elapsed:.1f} s: 2,000 would take ~{elapsed * 5:.0f} s"
+def test_generation_in_two_processes_writes_every_clip(tmp_path):
+    """Speed is not asserted here (no timing in tests): `harness data synth` prints its clips/s."""
+    synth_mod.generate(tmp_path / "big", videos=40, frames=16, size=64, seed=0, processes=2)
+    assert sorted(int(p.stem) for p in (tmp_path / "big" / "videos").iterdir()) == list(range(40))
