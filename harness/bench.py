@@ -236,17 +236,13 @@ def _ray_tune(study, profile_name: str, profile, trials: list, out: Path, concur
         tracker.log_text(children[t.key], yaml.safe_dump(t.config.model_dump(mode="json"), sort_keys=False),
                          "trial.yaml")
     mlflow_s = time.perf_counter() - start
-    owned = tuning.connect(num_cpus=math.ceil(concurrency * profile.resources.cpu))
-    ray_start_s = time.perf_counter() - start - mlflow_s
-    try:
+    with tuning.session(num_cpus=math.ceil(concurrency * profile.resources.cpu)):
+        ray_start_s = time.perf_counter() - start - mlflow_s
         t0 = time.perf_counter()
         tuning.run_trials([t.spec() for t in trials], storage=out, name="ray",
                           resources=profile.resources.model_dump(), max_concurrent=concurrency,
                           callback=tuning.MlflowCallback(tracker.uri, parent, total=len(trials)))
         tune_s = time.perf_counter() - t0
-    finally:
-        if owned:
-            tuning.shutdown()
     tracker.finish(parent, "FINISHED")
     wall = time.perf_counter() - start
     runs = tracker.children(parent)

@@ -36,7 +36,7 @@ def describe(path: str | Path, exc: BaseException) -> str:
         key = ".".join(str(k) for k in keys) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = f"unknown key; remove it or check its spelling"
+            msg = "unknown key; remove it or check its spelling"
         line = _line_of(path, keys)
         return f"{path}{f':{line}' if line else ''}: {key}: {msg}"
     keys = getattr(exc, "keys", None)

@@ -369,13 +369,19 @@ def main(args: Any) -> int:
                                              f"--profile {args.profile} --resume")
 
 
+def interrupted(tracker: Any, parent_id: str, study_path: str | Path, profile_name: str) -> int:
+    """Ctrl-C: the parent run is marked KILLED and the user told how to continue; exit code 130."""
+    tracker.finish(parent_id, "KILLED")
+    log.error("interrupted; continue with: harness run %s --profile %s --resume", study_path, profile_name)
+    return 130
+
+
 def execute(study: Study, profile_name: str, profile: Profile, trials: list[Trial], profiles: dict[str, dict],
             *, study_path: str | Path, address: str | None = None, max_concurrent: int | None = None,
             resume: bool = False, max_failures: int = 2) -> int:
     """Track, run, tabulate. Returns 0 when every trial finished, 1 otherwise."""
     import yaml
 
-    from harness import tables
     from harness.tracking import RAY_EXPERIMENT, Tracker, default_uri, git_commit
 
     start = time.perf_counter()
@@ -433,42 +439,41 @@ def execute(study: Study, profile_name: str, profile: Profile, trials: list[Tria
         exp_path = storage / f"{profile_name}-{time.strftime('%Y%m%d-%H%M%S')}"
         tracker.set_tags(parent_id, {RAY_EXPERIMENT: str(exp_path)})
         log.info("no Ray experiment state to restore; running the %d unfinished trials afresh", len(todo))
-    status = "FINISHED"
     if todo:
         log.info("%s: %d of %d trials to run, Ray experiment %s, MLflow %s (parent %s)", study.name, len(todo),
                  len(trials), exp_path, tracker.uri, parent_id)
-        owned = tuning.connect(address)
         try:
-            callback = tuning.MlflowCallback(tracker.uri, parent_id, total=len(trials))
-            t0 = time.perf_counter()
-            tuning.run_trials([t.spec() for t in todo], storage=exp_path.parent, name=exp_path.name,
-                              resources=profile.resources.model_dump(), callback=callback,
-                              max_concurrent=max_concurrent, max_failures=max_failures, restore=restore)
-            log.info("Ray Tune finished in %.1f s", time.perf_counter() - t0)
+            with tuning.session(address):
+                callback = tuning.MlflowCallback(tracker.uri, parent_id, total=len(trials))
+                t0 = time.perf_counter()
+                tuning.run_trials([t.spec() for t in todo], storage=exp_path.parent, name=exp_path.name,
+                                  resources=profile.resources.model_dump(), callback=callback,
+                                  max_concurrent=max_concurrent, max_failures=max_failures, restore=restore)
+                log.info("Ray Tune finished in %.1f s", time.perf_counter() - t0)
         except KeyboardInterrupt:
-            tracker.finish(parent_id, "KILLED")
-            log.error("interrupted; continue with: harness run %s --profile %s --resume", study_path, profile_name)
-            return 130
-        finally:
-            if owned:
-                tuning.shutdown()
+            return interrupted(tracker, parent_id, study_path, profile_name)
     else:
         log.info("every trial of %s (%s) is already finished in MLflow", study.name, profile_name)
 
-    final = tracker.children(parent_id)
-    bad = sorted(k for k, r in final.items() if r.info.status != "FINISHED")
+    bad = sorted(k for k, r in tracker.children(parent_id).items() if r.info.status != "FINISHED")
+    return publish(study, profile_name, tracker, parent_id, bad=bad, wall_s=time.perf_counter() - start)
+
+
+def publish(study: Study, profile_name: str, tracker: Any, parent_id: str, *, bad: list[str], wall_s: float) -> int:
+    """Close the parent run (FAILED if any trial in ``bad``), write the tables from MLflow, attach and print them."""
+    from harness import tables
+
     if bad:
-        status = "FAILED"
         log.error("%d trial(s) did not finish: %s", len(bad), ", ".join(bad))
-    tracker.set_tags(parent_id, {"harness.wall_s": f"{time.perf_counter() - start:.1f}"})
-    tracker.finish(parent_id, status)
+    tracker.set_tags(parent_id, {"harness.wall_s": f"{wall_s:.1f}"})
+    tracker.finish(parent_id, "FAILED" if bad else "FINISHED")
     paths = tables.write(study, profile_name, tracker, parent_id=parent_id)
     for p in paths.values():
         tracker.log_artifact(parent_id, p, "results")
     print()
     print(paths["md"].read_text(encoding="utf-8"))
     exp_id = tracker.experiment_id(study.name, create=False)
-    print(f"wall time {time.perf_counter() - start:.0f} s; tables: {', '.join(str(p) for p in paths.values())}")
+    print(f"wall time {wall_s:.0f} s; results: {', '.join(str(p) for p in paths.values())}")
     print(f"browse the runs: harness ui   (then http://127.0.0.1:5000/#/experiments/{exp_id}/runs)")
     sys.stdout.flush()
-    return 0 if status == "FINISHED" else 1
+    return 1 if bad else 0

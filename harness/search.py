@@ -39,7 +39,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -277,28 +276,23 @@ def execute(study: Study, profile_name: str, profile: Profile, *, study_path: st
             **trace, **commit_tags, "harness.study": study.name, "harness.profile": profile_name})
         log.info("%s: %s; %d samples; Ray experiment %s, MLflow %s (parent %s)", study.name,
                  sampler_text(study, profile_name), budget.num_samples, exp_path, tracker.uri, parent_id)
-        owned = tuning.connect(address)
         try:
-            t0 = time.perf_counter()
-            search = study.search
-            tuning.run_search(
-                distributions(search), maker, storage=exp_path.parent, name=exp_path.name,
-                resources=profile.resources.model_dump(),
-                callback=tuning.SearchMlflowCallback(tracker.uri, parent_id, total=budget.num_samples),
-                metric=search.metric, multi_objective=search.multi_objective, seed=search.seed,
-                startup_trials=search.startup_trials, population_size=search.population_size,
-                num_samples=budget.num_samples, max_concurrent=max_concurrent, epochs=profile.recipe.epochs,
-                grace_period=budget.grace_period, reduction_factor=budget.reduction_factor,
-                max_failures=max_failures, keep=tuning.checkpoints_to_keep(profile.backbone.arch),
-                restore=restore)
-            log.info("Ray Tune finished in %.1f s", time.perf_counter() - t0)
+            with tuning.session(address):
+                t0 = time.perf_counter()
+                search = study.search
+                tuning.run_search(
+                    distributions(search), maker, storage=exp_path.parent, name=exp_path.name,
+                    resources=profile.resources.model_dump(),
+                    callback=tuning.SearchMlflowCallback(tracker.uri, parent_id, total=budget.num_samples),
+                    metric=search.metric, multi_objective=search.multi_objective, seed=search.seed,
+                    startup_trials=search.startup_trials, population_size=search.population_size,
+                    num_samples=budget.num_samples, max_concurrent=max_concurrent, epochs=profile.recipe.epochs,
+                    grace_period=budget.grace_period, reduction_factor=budget.reduction_factor,
+                    max_failures=max_failures, keep=tuning.checkpoints_to_keep(profile.backbone.arch),
+                    restore=restore)
+                log.info("Ray Tune finished in %.1f s", time.perf_counter() - t0)
         except KeyboardInterrupt:
-            tracker.finish(parent_id, "KILLED")
-            log.error("interrupted; continue with: harness run %s --profile %s --resume", study_path, profile_name)
-            return 130
-        finally:
-            if owned:
-                tuning.shutdown()
+            return runner.interrupted(tracker, parent_id, study_path, profile_name)
     before = float(parent.data.tags.get("harness.wall_s", 0)) if parent is not None else 0.0
     spent = 0.0 if done_before else time.perf_counter() - start  # summed over invocations that ran to the end (a killed one records none)
     return finish(study, profile_name, tracker, parent_id, wall_s=before + spent)
@@ -339,22 +333,11 @@ def reopen_errored(tracker: Any, parent_id: str) -> None:
 
 def finish(study: Study, profile_name: str, tracker: Any, parent_id: str, *, wall_s: float) -> int:
     """Close the parent run, write the outputs from MLflow (also as its artifacts), print the report."""
+    from harness import run as runner
+
     close_lost_trials(tracker, parent_id)
     bad = sorted(k for k, r in tracker.children(parent_id).items() if r.info.status == "FAILED")
-    if bad:
-        log.error("%d trial(s) failed: %s", len(bad), ", ".join(bad))
-    tracker.set_tags(parent_id, {"harness.wall_s": f"{wall_s:.1f}"})
-    tracker.finish(parent_id, "FAILED" if bad else "FINISHED")
-    paths = write(study, profile_name, tracker, parent_id=parent_id)
-    for p in paths.values():
-        tracker.log_artifact(parent_id, p, "results")
-    print()
-    print(paths["md"].read_text(encoding="utf-8"))
-    exp_id = tracker.experiment_id(study.name, create=False)
-    print(f"wall time {wall_s:.0f} s; outputs: {', '.join(str(p) for p in paths.values())}")
-    print(f"browse the runs: harness ui   (then http://127.0.0.1:5000/#/experiments/{exp_id}/runs)")
-    sys.stdout.flush()
-    return 1 if bad else 0
+    return runner.publish(study, profile_name, tracker, parent_id, bad=bad, wall_s=wall_s)
 
 
 def close_lost_trials(tracker: Any, parent_id: str) -> None:

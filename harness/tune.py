@@ -42,6 +42,7 @@ installed in the same environment.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -50,7 +51,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 # Experiment state current within ~1 s of a report, so a driver killed mid-study resumes
 # finished trials as finished (see docs: tools-notes). Set before Ray reads it; users may override.
@@ -106,6 +107,17 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
 
 def shutdown() -> None:
     ray.shutdown()
+
+
+@contextlib.contextmanager
+def session(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[None]:
+    """:func:`connect` for the block; shuts down only a Ray it started itself (never a user's cluster)."""
+    owned = connect(address, num_cpus=num_cpus)
+    try:
+        yield
+    finally:
+        if owned:
+            shutdown()
 
 
 # ----------------------------------------------------------------------------- the trainable

@@ -98,7 +98,7 @@ def data_synth_dir(tmp_path_factory):
 # (`python -m harness.cli run`) in its own session, and the look-ups into its MLflow store.
 
 TINY_STUDY = """\
-name: tiny
+name: {name}
 num_classes: 10
 profiles:
   laptop:
@@ -124,11 +124,20 @@ def synth_root(tmp_path_factory):
     return tmp_path_factory.mktemp("study-synth") / "set"
 
 
+def tiny_study_text(root, *, name: str = "tiny", epochs: int = 2, seeds: int = 2,
+                    rows: dict[str, str] | None = None) -> str:
+    """The tiny study's YAML; ``rows`` maps row names to a block name or a flow mapping of the row."""
+    def row(spec: str) -> str:
+        return spec if spec.startswith("{") else f"{{block: {spec}}}"
+
+    lines = "".join(f"  {n}: {row(spec)}\n" for n, spec in (rows or TINY_ROWS).items())
+    return TINY_STUDY.format(name=name, root=root, epochs=epochs, seeds=seeds, rows=lines)
+
+
 def write_study(folder, root, *, epochs: int = 2, seeds: int = 2, rows: dict[str, str] | None = None,
                 **extra: str):
     """``folder/tiny.yaml``: the tiny study (rows TSN, TSM unless ``rows`` maps other names to blocks)."""
-    lines = "".join(f"  {name}: {{block: {block}}}\n" for name, block in (rows or TINY_ROWS).items())
-    text = TINY_STUDY.format(root=root, epochs=epochs, seeds=seeds, rows=lines)
+    text = tiny_study_text(root, epochs=epochs, seeds=seeds, rows=rows)
     for key, value in extra.items():
         text += f"{key}: {value}\n"
     path = folder / "tiny.yaml"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import clean_env, harness, kill_driver, start_harness, tracker_for
+from conftest import clean_env, harness, kill_driver, start_harness, tiny_study_text, tracker_for
 from pydantic import ValidationError
 
 from harness import search as searching
@@ -215,23 +215,7 @@ def test_multi_objective_tells_nsga2_top1_and_gflops():
 # ----------------------------------------------------------------------------- end to end (slow)
 
 TINY_SEARCH = """\
-name: tiny_search
 kind: search
-num_classes: 10
-profiles:
-  laptop:
-    backbone: {{arch: tiny, width: 4, depths: [1, 1, 1, 1]}}
-    data:
-      format: synth
-      root: {root}
-      frames: 4
-      size: 16
-      scale_size: 16
-      synth: {{videos: 32, frames: 8, size: 32, seed: 1}}
-    recipe: {{epochs: 1, batch_size: 8, lr: 0.05, schedule: cosine, threads: 1}}
-    resources: {{cpu: 1}}
-rows:
-  base: {{block: vps, spatial_rf: 3, temporal_rf: 3}}
 search:
   space:
     proportion: [0.5, 0.0625]
@@ -250,8 +234,10 @@ BUDGET = 0.14
 
 def write_search(folder: Path, root: Path, *, samples: int, concurrent: int, budget: float | None) -> Path:
     path = folder / "tiny.yaml"
-    path.write_text(TINY_SEARCH.format(root=root, samples=samples, concurrent=concurrent,
-                                       budget="null" if budget is None else budget))
+    base = {"base": "{block: vps, spatial_rf: 3, temporal_rf: 3}"}
+    path.write_text(tiny_study_text(root, name="tiny_search", epochs=1, seeds=1, rows=base)
+                    + TINY_SEARCH.format(samples=samples, concurrent=concurrent,
+                                         budget="null" if budget is None else budget))
     return path
 
 

@@ -8,27 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-STUDY = """\
-name: spread
-num_classes: 10
-profiles:
-  laptop:
-    backbone: {{arch: tiny, width: 4, depths: [1, 1, 1, 1]}}
-    data:
-      format: synth
-      root: {root}
-      frames: 4
-      size: 16
-      scale_size: 16
-      synth: {{videos: 32, frames: 8, size: 32, seed: 2}}
-    recipe: {{epochs: 2, batch_size: 8, lr: 0.05, threads: 1}}
-    seeds: 1
-    resources: {{cpu: 1}}
-rows:
-  TSN: {{block: tsn}}
-  TSM: {{block: tsm}}
-"""
+from conftest import tiny_study_text
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +34,7 @@ def test_study_trials_land_on_both_nodes_of_a_cluster(cluster, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    Path("spread.yaml").write_text(STUDY.format(root=tmp_path / "synth"))
+    Path("spread.yaml").write_text(tiny_study_text(tmp_path / "synth", name="spread", seeds=1))
     assert main(["run", "spread.yaml", "--address", cluster.address]) == 0
     t = Tracker(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     parent = t.latest_parent("spread", "laptop")
