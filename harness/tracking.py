@@ -69,7 +69,12 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
-    """Short HEAD commit, ``+dirty`` when the tree has changes; ``uncommitted`` in a repo without commits."""
+    """Short HEAD commit, ``+dirty`` when the tree has changes; ``uncommitted`` in a repo without commits.
+
+    Changes under ``results/`` do not count: they are what the harness itself
+    writes, so regenerating one table must not mark the next as made by
+    uncommitted code.
+    """
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10,
                               check=True).stdout.strip()
@@ -79,7 +84,7 @@ def git_commit(cwd: str | Path | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         return "uncommitted"
     try:
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"))
     except (OSError, subprocess.SubprocessError):
         dirty = False
     return head + ("+dirty" if dirty else "")

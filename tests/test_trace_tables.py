@@ -134,3 +134,26 @@ def test_a_flagged_protocol_is_marked_in_one_protocol_column():
                                                   trial("TSM", 0, protocol="8f-16-1x1")))[2]["md"]
     head = next(line for line in shown.splitlines() if line.startswith("| row"))
     assert head.count("protocol") == 1
+
+
+def test_commit_is_dirty_for_code_changes_but_not_for_regenerated_results(tmp_path):
+    import subprocess
+
+    from harness.tracking import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "t.md").write_text("old\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    clean = git_commit(tmp_path)
+    assert not clean.endswith("+dirty")
+    (tmp_path / "results" / "t.md").write_text("regenerated\n")
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == clean + "+dirty"
