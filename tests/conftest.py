@@ -117,6 +117,21 @@ rows:
 {rows}"""
 TINY_ROWS = {"TSN": "tsn", "TSM": "tsm"}
 
+TINY_TRAIN = """\
+name: small
+backbone: {{arch: tiny, width: 4, depths: [1, 1, 1, 1]{pretrained}}}
+row: {{block: tsn}}
+data: {{format: synth, root: {root}, frames: 4, size: 16, scale_size: 16,
+        synth: {{videos: {videos}, frames: 8, size: 32, seed: 1}}}}
+recipe: {{epochs: {epochs}, batch_size: 8, lr: 0.05, threads: 1}}
+"""
+
+
+def tiny_train_text(root, *, epochs: int, videos: int, pretrained: str | None = None) -> str:
+    """A `harness train` file: TSN on the tiny backbone and a small synthetic set (``pretrained``: a weights path)."""
+    extra = f", pretrained: {pretrained}" if pretrained else ""
+    return TINY_TRAIN.format(root=root, epochs=epochs, videos=videos, pretrained=extra)
+
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):

@@ -22,7 +22,7 @@ import tempfile
 
 import pytest
 import torch
-from conftest import write_study
+from conftest import tiny_train_text, write_study
 
 from harness import checkpoint
 from harness.cli import main
@@ -222,20 +222,12 @@ def test_run_in_a_read_only_work_folder_stops_before_any_trial(run_dir, capsys):
 
 # ----------------------------------------------------------------------------- harness train
 
-TRAIN = """\
-name: small
-backbone: {{arch: tiny, width: 4, depths: [1, 1, 1, 1]}}
-row: {{block: tsn}}
-data: {{format: synth, root: {root}, frames: 4, size: 16, scale_size: 16,
-        synth: {{videos: 32, frames: 8, size: 32, seed: 1}}}}
-recipe: {{epochs: 3, batch_size: 8, lr: 0.05, threads: 1}}
-"""
 
 
 @pytest.fixture
 def train_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "small.yaml").write_text(TRAIN.format(root=tmp_path / "synth"))
+    (tmp_path / "small.yaml").write_text(tiny_train_text(tmp_path / "synth", epochs=3, videos=32))
     return tmp_path
 
 

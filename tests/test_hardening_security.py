@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import tiny_train_text
 import torch
 import yaml
 
@@ -143,14 +144,6 @@ class RunsCode:
         return os.mkdir, (self.path,)
 
 
-TRAIN = """\
-name: small
-backbone: {{arch: tiny, width: 4, depths: [1, 1, 1, 1]{pretrained}}}
-row: {{block: tsn}}
-data: {{format: synth, root: {root}, frames: 4, size: 16, scale_size: 16,
-        synth: {{videos: 16, frames: 8, size: 32, seed: 1}}}}
-recipe: {{epochs: 1, batch_size: 8, lr: 0.05, threads: 1}}
-"""
 
 
 @pytest.fixture
@@ -205,8 +198,9 @@ def test_harness_train_refuses_a_pickle_that_runs_code(evil, tmp_path, caplog, h
     import logging
 
     ckpt, weights, marker = evil
-    pretrained = f", pretrained: {weights}" if how == "pretrained" else ""
-    (tmp_path / "small.yaml").write_text(TRAIN.format(root=tmp_path / "synth", pretrained=pretrained))
+    pretrained = weights if how == "pretrained" else None
+    (tmp_path / "small.yaml").write_text(tiny_train_text(tmp_path / "synth", epochs=1, videos=16,
+                                                         pretrained=pretrained))
     argv = ["train", "small.yaml", "--out", "out"]
     if how == "resume":
         (tmp_path / "out" / "checkpoints").mkdir(parents=True)
