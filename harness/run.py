@@ -369,6 +369,14 @@ def main(args: Any) -> int:
                                              f"--profile {args.profile} --resume")
 
 
+def reopen_errored(tracker: Any, runs: dict[str, Any]) -> None:
+    """Trials that errored before are retried by a resume (Tune's ``resume_errored``): their children reopen."""
+    for run in runs.values():
+        if run.data.tags.get("harness.error") == "1" and run.info.status == "FAILED":
+            tracker.reopen(run.info.run_id)
+            tracker.set_tags(run.info.run_id, {"harness.error": "0"})
+
+
 def interrupted(tracker: Any, parent_id: str, study_path: str | Path, profile_name: str) -> int:
     """Ctrl-C: the parent run is marked KILLED and the user told how to continue; exit code 130."""
     tracker.finish(parent_id, "KILLED")
@@ -423,10 +431,7 @@ def execute(study: Study, profile_name: str, profile: Profile, trials: list[Tria
             tracker.log_text(children[t.key], yaml.safe_dump(t.config.model_dump(mode="json"), sort_keys=False),
                              "trial.yaml")
     existing = tracker.children(parent_id)
-    for key, run in existing.items():  # trials that errored before are retried by this resume
-        if run.data.tags.get("harness.error") == "1" and run.info.status == "FAILED":
-            tracker.reopen(run.info.run_id)
-            tracker.set_tags(run.info.run_id, {"harness.error": "0"})
+    reopen_errored(tracker, existing)
     todo = [t for t in trials if existing[t.key].info.status not in ("FINISHED", "FAILED")
             or existing[t.key].data.tags.get("harness.error") == "1"]
     if parent is not None:

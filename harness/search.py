@@ -262,7 +262,7 @@ def execute(study: Study, profile_name: str, profile: Profile, *, study_path: st
         exp_path = Path(parent.data.tags.get(RAY_EXPERIMENT, ""))
         restore, done_before = tuning.can_restore(exp_path), parent.info.status == "FINISHED"
         tracker.reopen(parent_id)
-        reopen_errored(tracker, parent_id)
+        runner.reopen_errored(tracker, tracker.children(parent_id))
         log.info("resuming parent run %s (%s)", parent_id, parent.info.run_name)
         if not restore and not done_before:
             exp_path = new_experiment
@@ -321,14 +321,6 @@ def start_parent(tracker: Any, study: Study, profile_name: str, profile: Profile
     if ref is not None:
         tracker.client.log_metric(parent_id, REFERENCE_GFLOPS, ref)
     return parent_id
-
-
-def reopen_errored(tracker: Any, parent_id: str) -> None:
-    """Trials that errored before are retried by a resume (Tune's ``resume_errored``): their children reopen."""
-    for run in tracker.children(parent_id).values():
-        if run.data.tags.get("harness.error") == "1" and run.info.status == "FAILED":
-            tracker.reopen(run.info.run_id)
-            tracker.set_tags(run.info.run_id, {"harness.error": "0"})
 
 
 def finish(study: Study, profile_name: str, tracker: Any, parent_id: str, *, wall_s: float) -> int:
