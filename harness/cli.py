@@ -129,7 +129,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--frames", type=int, default=8)
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--repeats", type=int, default=15)
     b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     b.add_argument("--format", choices=["md", "json"], default="md")
     b.set_defaults(target="harness.bench:main")

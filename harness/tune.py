@@ -437,7 +437,10 @@ def run_trials(specs: Sequence[Mapping[str, Any]], *, storage: Path, name: str, 
             wrapped,
             param_space={"trial": tune.grid_search(list(specs)), **data_parallel},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_name_creator=trial_name,
-                                        trial_dirname_creator=trial_dirname, reuse_actors=False),
+                                        trial_dirname_creator=trial_dirname,
+                                        # one worker process per slot for the whole study: no Python +
+                                        # torch start-up per trial (reset() moves it to the trial's folder)
+                                        reuse_actors=True),
             run_config=run_config(name, storage, callback, max_failures=max_failures, keep=keep),
         )
     grid = tuner.fit()

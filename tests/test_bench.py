@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from harness.bench import saved_activation_bytes
+from harness.bench import block_goals, saved_activation_bytes
 from harness.cli import main
 
 
@@ -27,6 +27,18 @@ def test_bench_blocks_json_smoke(tmp_path, capsys):
     assert rows[0]["time_ratio"] == rows[0]["flops_ratio"] == 1.0
     assert rows[1]["flops_ratio"] == 1.0  # the shift adds no FLOPs
     assert rows[2]["flops_ratio"] > 1.0 and all(r["median_s"] > 0 for r in rows)
+
+
+def test_block_goals_judge_vps_against_its_flops_and_tsm_against_1_03():
+    rows = [{"row": "TSN", "block": "tsn", "time_ratio": 1.0, "flops_ratio": 1.0},
+            {"row": "TSM", "block": "tsm", "time_ratio": 1.031, "flops_ratio": 1.0},
+            {"row": "Ours", "block": "vps", "time_ratio": 1.14, "flops_ratio": 1.096},
+            {"row": "Ours-1/16", "block": "vps", "time_ratio": 1.08, "flops_ratio": 1.02}]
+    assert block_goals(rows) == [
+        "- TSM: time ratio 1.031, goal <= 1.03 = 1.030: missed",
+        "- Ours: time ratio 1.140, goal <= FLOPs ratio 1.096 + 0.05 = 1.146: met",
+        "- Ours-1/16: time ratio 1.080, goal <= FLOPs ratio 1.020 + 0.05 = 1.070: missed",
+    ]
 
 
 def test_saved_activation_bytes_counts_what_backward_keeps():
