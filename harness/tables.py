@@ -109,6 +109,9 @@ def build(study: Study, runs: dict[str, Any]) -> pd.DataFrame:
     trials = trial_frame(runs)
     paper = paper_figures(study)
     refs = {col: references(trials, col) for col in TRACED}
+    # A study whose rows set their own data (frames, size, views) tests each row under its own protocol,
+    # the rows that keep the profile's included: only runs of one row that disagree are flagged then.
+    per_row_protocol = any(row.data for row in study.rows.values())
     out = []
     labels = [(row, row if regime is None else f"{row}@{regime}")
               for row in study.rows for regime in (study.regimes or {None: None})]
@@ -145,8 +148,8 @@ def build(study: Study, runs: dict[str, Any]) -> pd.DataFrame:
             r[col] = " + ".join(values) or None
             ref = refs[col].get(counted["regime"].fillna("").iloc[0]) if len(counted) else None
             r[f"{col}_differs"] = bool(values) and values != [ref]
-        if study.rows[row_name].data:  # Table 4's frames / sizes / views differ from row to row by design
-            r["protocol_differs"] = False
+            if col == "protocol" and per_row_protocol:  # Tables 4-6: frames / sizes / views differ by design
+                r[f"{col}_differs"] = len(values) > 1
         out.append(r)
     out += paper_only_rows(paper, [row for row, _ in labels])
     frame = pd.DataFrame(out)

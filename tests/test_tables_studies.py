@@ -135,13 +135,16 @@ def tracker(tmp_path):
 
 
 def fill(tracker: Tracker, study: Study, metrics: dict[str, dict], top1: dict[str, float],
-         artifacts: dict[str, list] | None = None, seeds: int = 1, summary: dict[str, dict] | None = None) -> str:
+         artifacts: dict[str, list] | None = None, seeds: int = 1, summary: dict[str, dict] | None = None,
+         protocols: dict[str, str] | None = None) -> str:
     """A finished parent with one finished child per row x seed: profile metrics, two epochs, a summary
     (what the Tune callback logs at the end of a trial) and artifacts."""
     parent = tracker.start_parent(study.name, "laptop", params={}, tags={"harness.seeds": str(seeds),
                                                                          "harness.git_commit": "abc"})
     trials = [{"key": f"{study.name}/laptop/{row}/seed{s}", "name": f"{row} seed{s}",
-               "tags": {"harness.row": row, "harness.seed": str(s)}, "metrics": metrics.get(row, {})}
+               "tags": {"harness.row": row, "harness.seed": str(s),
+                        **({"harness.protocol": protocols[row]} if row in (protocols or {}) else {})},
+               "metrics": metrics.get(row, {})}
               for row in top1 for s in range(seeds)]
     ids = tracker.ensure_children(parent, trials)
     for t in trials:
@@ -209,6 +212,47 @@ def test_table4_shows_gflops_per_view_times_views_and_the_papers_other_rows(trac
     assert len(shown) == len(pd.read_csv(study.paper))
     assert not frame.loc[frame["row"].isin(study.rows), "protocol_differs"].any()  # by design, not flagged
     assert tables.write(study, "laptop", tracker, out_dir=tmp_path)["png"].read_bytes()[:4] == PNG
+
+
+def test_table5_row_on_the_profiles_protocol_is_not_flagged_beside_rows_with_their_own(tracker, monkeypatch):
+    from harness import tables
+
+    monkeypatch.chdir(ROOT)
+    study = load_study("studies/table5.yaml")
+    # "Ours 8x1x1" keeps the profile's single view; the two other rows set 2 clips x 3 crops (the mode)
+    protocols = {"TSM 8x3x10": "4f-28-2x3", "Ours 8x1x1": "4f-28-1x1", "Ours 8x3x10": "4f-28-2x3"}
+    fill(tracker, study, {}, {row: 60.0 for row in protocols}, protocols=protocols)
+    runs = tracker.read_study("table5", "laptop")
+    frame = tables.build(study, runs)
+    assert not frame["protocol_differs"].fillna(False).astype(bool).any()
+    shown = tables.display(frame).set_index("row")
+    assert shown.loc["Ours 8x1x1", "protocol (run)"] == "4f-28-1x1"  # no ⚠: its protocol by design
+    assert shown.loc["Ours 8x3x10", "protocol (run)"] == "4f-28-2x3"
+    assert shown.loc["TEA 8x3x10", "protocol (run)"] == "-"  # a paper row: never run
+    assert "protocol" not in shown.columns
+    assert tables.header(study, "laptop", runs, frame)["protocol"] == "per row (see the protocol column)"
+    assert not any(line.startswith("⚠") for line in tables.notes(study, frame, tables.header(study, "laptop", runs, frame)))
+
+
+def test_runs_of_one_row_under_two_protocols_are_flagged_even_in_a_per_row_table(tracker, monkeypatch):
+    from harness import tables
+
+    monkeypatch.chdir(ROOT)
+    study = load_study("studies/table5.yaml")
+    fill(tracker, study, {}, {"Ours 8x1x1": 60.0, "Ours 8x3x10": 61.0}, seeds=1,
+         protocols={"Ours 8x1x1": "4f-28-1x1", "Ours 8x3x10": "4f-28-2x3"})
+    # a second seed of Ours 8x1x1 tested another way (say, --set data.test_clips=2 on a rerun)
+    parent = tracker.read_study("table5", "laptop")["parent"]["run_id"]
+    key = "table5/laptop/Ours 8x1x1/seed9"
+    ids = tracker.ensure_children(parent, [{"key": key, "name": "Ours 8x1x1 seed9", "metrics": {},
+                                            "tags": {"harness.row": "Ours 8x1x1", "harness.seed": "9",
+                                                     "harness.protocol": "4f-28-2x1"}}])
+    tracker.log_epoch(ids[key], {"epoch": 1, "val_top1": 59.0, "val_top5": 90.0})
+    tracker.finish_child(ids[key], "FINISHED", summary={"last_top1": 59.0})
+    frame = tables.build(study, tracker.read_study("table5", "laptop")).set_index("row")
+    assert frame.loc["Ours 8x1x1", "protocol_differs"]
+    assert frame.loc["Ours 8x1x1", "protocol"] == "4f-28-1x1 + 4f-28-2x1"
+    assert not frame.loc["Ours 8x3x10", "protocol_differs"]
 
 
 # ----------------------------------------------------------------------------- Figure 5
