@@ -7,7 +7,7 @@ and clock changes hit every block alike. No test asserts a time.
 
     harness bench blocks --size 112 --frames 8 --format md
     harness bench data                        # loader clips/s with 0, 1, 2 workers vs the model's
-    harness bench harness --epochs 12         # 6 laptop trials via Ray Tune + MLflow vs a plain pool
+    harness bench harness --epochs 7          # 6 laptop trials (~60 s each here) via Ray Tune + MLflow vs a plain pool
     make bench                                # all three -> results/bench.md
 """
 from __future__ import annotations
@@ -87,9 +87,12 @@ def bench_blocks(rows: dict[str, Row], *, size: int = 112, frames: int = 8, batc
     for step in steps.values():  # warm-up: allocator, caches, lazy init
         step()
     times: dict[str, list[float]] = {name: [] for name in models}
+    names = list(steps)
     for r in range(repeats):
-        for name, step in steps.items():  # interleaved, so drift hits every block alike
-            timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=threads)
+        # Interleaved, so drift hits every block alike, and rotated, so no block always runs first
+        # or always follows the same neighbour (whose freed memory and cache it inherits).
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            timer = benchmark.Timer(stmt="step()", globals={"step": steps[name]}, num_threads=threads)
             times[name].append(timer.timeit(1).median)
         log.info("bench repeat %d/%d done", r + 1, repeats)
     out = []
@@ -385,7 +388,7 @@ def _main_blocks(args) -> int:
     memory = "peak CUDA memory" if args.device == "cuda" else "activations saved for backward"
     _print(rows, args.format,
            f"Forward+backward step, {args.frames}x{args.size}, batch {args.batch}, {args.device} "
-           f"({machine()}); median and IQR of {args.repeats} interleaved repeats; time_ratio = median of "
+           f"({machine()}); median and IQR of {args.repeats} interleaved, rotated repeats; time_ratio = median of "
            f"the per-repeat ratios against {rows[0]['row']}; memory_mb = {memory}.")
     if args.format == "md":
         print("\n" + "\n".join(block_goals(rows)))
