@@ -16,14 +16,36 @@ from torch import nn
 from .registry import register
 
 
+def _shift(x: torch.Tensor, num_frames: int, fold: int, back: bool = False) -> torch.Tensor:
+    """Channels [0, fold) read frame t+1 and [fold, 2 fold) frame t-1 (``back``: the other way round, the
+    gradient of the forward shift); the ends are zeros and the other channels are copied as they are."""
+    v = x.unflatten(0, (-1, num_frames))  # (N, T, C, H, W)
+    out = torch.empty_like(v)
+    for channels, later in ((slice(0, fold), not back), (slice(fold, 2 * fold), back)):
+        src, dst, end = (slice(1, None), slice(None, -1), -1) if later else (slice(None, -1), slice(1, None), 0)
+        out[:, dst, channels] = v[:, src, channels]
+        out[:, end, channels] = 0
+    out[:, :, 2 * fold:] = v[:, :, 2 * fold:]
+    return out.flatten(0, 1)
+
+
+class _TemporalShift(torch.autograd.Function):
+    """The shift with a hand-written backward: the gradient is the opposite shift, one copy of the tensor.
+    Autograd's own backward of the slices would allocate a zero-filled tensor per slice and sum them."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, num_frames: int, fold: int) -> torch.Tensor:
+        ctx.num_frames, ctx.fold = num_frames, fold
+        return _shift(x, num_frames, fold)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _shift(grad.contiguous(), ctx.num_frames, ctx.fold, back=True), None, None
+
+
 def temporal_shift(x: torch.Tensor, num_frames: int, fold: int) -> torch.Tensor:
     """Shift (N*T, C, H, W): channels [0, fold) from t+1, [fold, 2 fold) from t-1, rest unchanged."""
-    v = x.unflatten(0, (-1, num_frames))  # (N, T, C, H, W)
-    zeros = torch.zeros_like(v[:, :1, :fold])
-    # One cat per direction; the untouched channels are a view, copied once by the final cat.
-    left = torch.cat([v[:, 1:, :fold], zeros], dim=1)
-    right = torch.cat([zeros, v[:, :-1, fold:2 * fold]], dim=1)
-    return torch.cat([left, right, v[:, :, 2 * fold:]], dim=2).flatten(0, 1)
+    return _TemporalShift.apply(x, num_frames, fold)
 
 
 @register("tsm")

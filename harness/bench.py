@@ -76,8 +76,14 @@ def _peak_memory(model: torch.nn.Module, clip: torch.Tensor, device: str) -> int
 def bench_blocks(rows: dict[str, Row], *, size: int = 112, frames: int = 8, batch: int = 1,
                  device: str = "cpu", repeats: int = 15, num_classes: int = 174,
                  threads: int | None = None) -> list[dict[str, Any]]:
-    """Forward+backward step time of each row on its paper backbone; ratios against the first row."""
+    """Forward+backward step time of each row on its paper backbone; ratios against the first row.
+
+    The first row is timed twice: its second copy, "<row> (control)", is the same block again, so
+    how far its time ratio lies from 1 is this run's noise floor.
+    """
     threads = threads or torch.get_num_threads()
+    first = next(iter(rows))
+    rows = {**rows, f"{first} (control)": rows[first]}
     torch.manual_seed(0)
     clip = torch.randn(batch, frames, 3, size, size, device=device)
     models = {name: blocks.create(row.block, backbone=row.backbone, num_classes=num_classes,
@@ -397,7 +403,8 @@ def _main_blocks(args) -> int:
 
 def block_goals(rows: list[dict[str, Any]]) -> list[str]:
     """The issue's speed goals, one line per VPS / TSM row: VPS time ratio <= FLOPs ratio + 0.05, TSM <= 1.03."""
-    lines = []
+    lines = [f"- noise floor: {r['row']}, the baseline timed again, has time ratio {r['time_ratio']:.3f}"
+             for r in rows if r["row"].endswith(" (control)")]
     for r in rows:
         if r["block"] == "vps":
             limit, why = r["flops_ratio"] + 0.05, f"FLOPs ratio {r['flops_ratio']:.3f} + 0.05"

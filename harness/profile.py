@@ -77,6 +77,7 @@ ZERO_COST_OPS = {
     "aten::avg_pool3d": "temporal average-pool branch (Table 3)",
     "aten::index_select": "channel shuffle: a permutation, data movement only",
     "aten::unflatten": "a view that unfolds time: no data moved",
+    "prim::PythonOp._TemporalShift": "TSM's shift (blocks/tsm.py): data movement only",
 }
 
 

@@ -22,7 +22,8 @@ def test_bench_blocks_json_smoke(tmp_path, capsys):
     assert main(["bench", "blocks", "--study", str(study), "--size", "32", "--frames", "2",
                  "--repeats", "1", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["row"] for r in rows] == ["TSN", "TSM", "Ours"]
+    assert [r["row"] for r in rows] == ["TSN", "TSM", "Ours", "TSN (control)"]
+    assert rows[3]["block"] == "tsn" and rows[3]["flops_ratio"] == 1.0  # the baseline again: the noise floor
     assert {"row", "time_ratio", "flops_ratio", "median_s", "memory_mb"} <= set(rows[0])
     assert rows[0]["time_ratio"] == rows[0]["flops_ratio"] == 1.0
     assert rows[1]["flops_ratio"] == 1.0  # the shift adds no FLOPs
@@ -33,8 +34,10 @@ def test_block_goals_judge_vps_against_its_flops_and_tsm_against_1_03():
     rows = [{"row": "TSN", "block": "tsn", "time_ratio": 1.0, "flops_ratio": 1.0},
             {"row": "TSM", "block": "tsm", "time_ratio": 1.031, "flops_ratio": 1.0},
             {"row": "Ours", "block": "vps", "time_ratio": 1.14, "flops_ratio": 1.096},
-            {"row": "Ours-1/16", "block": "vps", "time_ratio": 1.08, "flops_ratio": 1.02}]
+            {"row": "Ours-1/16", "block": "vps", "time_ratio": 1.08, "flops_ratio": 1.02},
+            {"row": "TSN (control)", "block": "tsn", "time_ratio": 0.977, "flops_ratio": 1.0}]
     assert block_goals(rows) == [
+        "- noise floor: TSN (control), the baseline timed again, has time ratio 0.977",
         "- TSM: time ratio 1.031, goal <= 1.03 = 1.030: missed",
         "- Ours: time ratio 1.140, goal <= FLOPs ratio 1.096 + 0.05 = 1.146: met",
         "- Ours-1/16: time ratio 1.080, goal <= FLOPs ratio 1.020 + 0.05 = 1.070: missed",

@@ -25,6 +25,15 @@ def test_tsm_shift_moves_one_eighth_each_way_with_zero_ends():
     assert torch.equal(y[:, :, 4:], v[:, :, 4:])
 
 
+def test_tsm_shift_gradient_is_the_opposite_shift():
+    x = torch.randn(2 * 4, 16, 3, 3, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: temporal_shift(t, num_frames=4, fold=2), (x,))
+    g = torch.randn(8, 16, 3, 3, dtype=torch.double)
+    temporal_shift(x, num_frames=4, fold=2).backward(g)
+    # <shift(x), g> == <x, grad>: the hand-written backward is the adjoint of the forward
+    assert torch.allclose((temporal_shift(x.detach(), 4, 2) * g).sum(), (x.detach() * x.grad).sum())
+
+
 def test_tsm_shift_is_on_the_residual_branch_only():
     torch.manual_seed(0)
     block = Bottleneck(16, 4, temporal=TemporalShift(channels=16, num_frames=4)).eval()
