@@ -705,6 +705,8 @@ def run_search(space: Mapping[str, Any], make_spec: Any, *, storage: Path, name:
             param_space=dict(data_parallel),  # constants every sample joins (a data-parallel trial's workers)
             tune_config=tune.TuneConfig(search_alg=algorithm, scheduler=scheduler, num_samples=num_samples,
                                         trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
+                                        # not reused as in run_trials: with reuse, one search resumed after a
+                                        # SIGKILL trained a sample twice (test_search's resume test, once)
                                         reuse_actors=False),
             run_config=run_config(name, storage, callback, max_failures=max_failures, keep=keep),
         )
