@@ -146,10 +146,11 @@ def build(study: Study, runs: dict[str, Any]) -> pd.DataFrame:
         for col in TRACED:
             values = sorted(set(counted[col])) if len(counted) else []
             r[col] = " + ".join(values) or None
-            ref = refs[col].get(counted["regime"].fillna("").iloc[0]) if len(counted) else None
-            r[f"{col}_differs"] = bool(values) and values != [ref]
-            if col == "protocol" and per_row_protocol:  # Tables 4-6: frames / sizes / views differ by design
+            if col == "protocol" and per_row_protocol:  # Tables 4-6: the row's own runs are its reference
                 r[f"{col}_differs"] = len(values) > 1
+            else:
+                ref = refs[col].get(counted["regime"].fillna("").iloc[0]) if len(counted) else None
+                r[f"{col}_differs"] = bool(values) and values != [ref]
         out.append(r)
     out += paper_only_rows(paper, [row for row, _ in labels])
     frame = pd.DataFrame(out)
