@@ -6,6 +6,7 @@ the same process, interleaved (TSN, TSM, ..., TSN, TSM, ...), so machine load
 and clock changes hit every block alike. No test asserts a time.
 
     harness bench blocks --size 112 --frames 8 --format md
+    harness bench blocks --default-malloc     # glibc's own malloc thresholds (before keep_freed_memory)
     harness bench data                        # loader clips/s with 0, 1, 2 workers vs the model's
     harness bench harness --epochs 7          # 6 laptop trials (~60 s each here) via Ray Tune + MLflow vs a plain pool
     make bench                                # all three -> results/bench.md
@@ -75,12 +76,17 @@ def _peak_memory(model: torch.nn.Module, clip: torch.Tensor, device: str) -> int
 
 def bench_blocks(rows: dict[str, Row], *, size: int = 112, frames: int = 8, batch: int = 1,
                  device: str = "cpu", repeats: int = 15, num_classes: int = 174,
-                 threads: int | None = None) -> list[dict[str, Any]]:
+                 threads: int | None = None, default_malloc: bool = False) -> list[dict[str, Any]]:
     """Forward+backward step time of each row on its paper backbone; ratios against the first row.
 
     The first row is timed twice: its second copy, "<row> (control)", is the same block again, so
-    how far its time ratio lies from 1 is this run's noise floor.
+    how far its time ratio lies from 1 is this run's noise floor. The allocator is set up as
+    training sets it (:func:`harness.train.keep_freed_memory`) unless ``default_malloc``.
     """
+    from .train import keep_freed_memory
+
+    if not default_malloc:
+        keep_freed_memory()
     threads = threads or torch.get_num_threads()
     first = next(iter(rows))
     rows = {**rows, f"{first} (control)": rows[first]}
@@ -161,7 +167,10 @@ def loader_rate(data, *, workers: int, batch_size: int, batches: int, seed: int 
 
 def model_rate(cfg, *, batch_size: int, steps: int) -> float:
     """Training clips/s of the profile's model on in-memory clips (forward, backward, SGD step)."""
+    from .train import keep_freed_memory
+
     torch.set_num_threads(cfg.recipe.threads)
+    keep_freed_memory()  # as harness.train does
     model = blocks.create(cfg.row.block, backbone=cfg.backbone.create_kwargs(), num_classes=10,
                           num_frames=cfg.data.frames, **cfg.row.options).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -390,12 +399,15 @@ def _main_blocks(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = bench_blocks(study.rows, size=args.size, frames=args.frames, batch=args.batch,
-                        device=args.device, repeats=args.repeats, num_classes=study.num_classes)
+                        device=args.device, repeats=args.repeats, num_classes=study.num_classes,
+                        default_malloc=args.default_malloc)
     memory = "peak CUDA memory" if args.device == "cuda" else "activations saved for backward"
+    malloc = ("glibc's default malloc thresholds" if args.default_malloc
+              else "malloc set up as training sets it (harness.train.keep_freed_memory)")
     _print(rows, args.format,
            f"Forward+backward step, {args.frames}x{args.size}, batch {args.batch}, {args.device} "
-           f"({machine()}); median and IQR of {args.repeats} interleaved, rotated repeats; time_ratio = median of "
-           f"the per-repeat ratios against {rows[0]['row']}; memory_mb = {memory}.")
+           f"({machine()}; {malloc}); median and IQR of {args.repeats} interleaved, rotated repeats; time_ratio = "
+           f"median of the per-repeat ratios against {rows[0]['row']}; memory_mb = {memory}.")
     if args.format == "md":
         print("\n" + "\n".join(block_goals(rows)))
     return 0

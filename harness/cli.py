@@ -131,6 +131,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     b.add_argument("--repeats", type=int, default=15)
     b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    b.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's malloc thresholds alone instead of setting them as training does "
+                        "(the 'before' of that change)")
     b.add_argument("--format", choices=["md", "json"], default="md")
     b.set_defaults(target="harness.bench:main")
     d = bsub.add_parser("data", help="training-loader clips/s with 0, 1, 2 workers next to the model's")
