@@ -38,7 +38,7 @@ profile: $(STAMP)
 # results/bench.md: block step times, training-loader throughput and Ray Tune + MLflow overhead, each bench
 # in its own process. BENCH_EPOCHS sets the length of the harness bench's 6 laptop trials (the report gives
 # the measured seconds per trial; the goal is stated for 60-second trials: 7 epochs took 64 s a trial here,
-# 49 s once training kept its freed memory (harness.train.keep_freed_memory), which is stricter).
+# 49 s once training kept its freed memory (harness.train.keep_freed_memory): shorter trials, a harder goal).
 # BENCH_REPEATS: interleaved repeats of the block bench (CLI default 15); more repeats narrow the noise
 # floor that its control row shows, at about 20 s a repeat here.
 BENCH_EPOCHS ?= 7
