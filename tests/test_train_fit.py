@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -195,7 +198,6 @@ def test_shipped_smoke_config_is_a_valid_train_config():
     assert cfg.data.root.startswith("work/data/")
 
 
-
 # Three 20 MiB tensors allocated and freed again and again, as a training step does with its activations;
 # prints the page faults of each round. With glibc's defaults this pattern faults 15,000 pages a round on
 # and on in most runs (7 of 8 here; the heap's history decides). "mmap" is a deterministic control: every
@@ -218,11 +220,8 @@ print(*faults)
 """
 
 
-@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's malloc only")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 def test_keep_freed_memory_stops_page_faults_on_memory_a_step_frees_and_takes_again():
-    import subprocess
-    import sys
-
     def faults(mode: str) -> list[int]:
         out = subprocess.run([sys.executable, "-c", _REALLOCATE, mode], capture_output=True, text=True,
                              check=True, cwd=REPO)
