@@ -1,14 +1,16 @@
-"""Crash safety: kill the driver at random points, or one trial's worker, and resume; nothing is lost or doubled.
+"""Crash safety: kill the driver at chosen points, or one trial's worker, and resume; nothing is lost or doubled.
 
 The driver (``python -m harness.cli run``) runs in its own session. A kill
 takes its process group and then every process carrying the test's
 environment marker: Ray's GCS, raylet and workers outlive a SIGKILLed driver
 otherwise, and the next ``ray.init(address="local")`` would start beside them.
 
-The kill points come from a seeded RNG (:data:`KILL_SEED`): the first lands at
-a random delay after start (imports, profiling, the MLflow store, Ray start),
-the others at a random delay after the first epoch of that invocation reached
-the driver (trials running, checkpoints being written).
+Every kill is scheduled on what the driver has done, never on a delay: the
+test reads the driver's output line by line as it is written and kills the
+moment a chosen line appears (a setup step; the k-th new epoch of that
+invocation), so a kill lands at the same point of the work on a fast machine
+and on a slow one. Which setup step and which epoch come from a seeded RNG
+(:data:`KILL_SEED`).
 """
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -33,9 +38,12 @@ KILL_SEED = 10
 # it does not exist on storage anymore"): a harness.tune issue, reported, not what this test is about.
 EPOCHS = 2
 KEYS = {f"tiny/laptop/{row}/seed{s}" for row in ("TSN", "TSM") for s in (0, 1)}
-# (anchor, delay range in s): "start" counts from the driver's start, "epoch" from its first epoch line
-KILLS = [("start", (1.0, 10.0)), ("epoch", (0.0, 1.5)), ("epoch", (0.0, 1.5))]
-EPOCH_LINE = "INFO harness.tune: epoch "
+EPOCH_LINE = ": epoch  "  # the driver's line for each new epoch it logs to MLflow ("INFO harness.tune: epoch  TSN-seed0  1/2 ...")
+# Lines the driver writes before any trial starts: profiling a row, fingerprinting the data, starting Ray.
+SETUP_LINES = ("profiled ", "data fingerprint ", " trials to run")
+# 4 trials x 2 epochs = 8 new epochs in all; killing at the 1st or 2nd new epoch of an invocation leaves at
+# least 4 for the next one, however fast the machine: every kill lands while trials run.
+EPOCH_KILLS = (1, 2)
 # what may differ from the uninterrupted run: when and at which commit it ran; every number must match
 VOLATILE = ["date", "git_commit"]
 
@@ -47,14 +55,49 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.1) -> None:
         time.sleep(poll)
 
 
-def kill_at(proc, log: Path, anchor: str, delay: float, marker: str) -> str:
-    """SIGKILL the driver ``delay`` s after its anchor; returns where the kill landed."""
-    if anchor == "epoch":
-        wait_for(lambda: proc.poll() is not None or EPOCH_LINE in log.read_text(), 300, "a first epoch")
-    time.sleep(delay)
-    text = log.read_text()
-    phase = "after exit" if proc.poll() is not None else "trials" if EPOCH_LINE in text else "setup"
-    kill_driver(proc, marker)
+class Driver:
+    """``harness ARGS`` in its own session, its output read line by line (and copied to ``log``) as it comes."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict, log: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.lines: list[str] = []
+        self.seen = threading.Condition()
+        self.log = log
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        with open(self.log, "w") as out:
+            for line in self.proc.stdout:
+                out.write(line)
+                out.flush()
+                with self.seen:
+                    self.lines.append(line)
+                    self.seen.notify_all()
+        with self.seen:
+            self.lines.append(None)  # end of output: the driver exited
+            self.seen.notify_all()
+
+    def count(self, text: str) -> int:
+        return sum(1 for line in self.lines if line is not None and text in line)
+
+    def wait_line(self, text: str, n: int = 1, timeout: float = 300) -> bool:
+        """Block until the n-th line holding ``text`` is written; False if the driver exits first."""
+        with self.seen:
+            ok = self.seen.wait_for(lambda: self.count(text) >= n or None in self.lines, timeout)
+            assert ok, f"timed out after {timeout:.0f} s waiting for line {n} with {text!r}; see {self.log}"
+            return self.count(text) >= n
+
+
+def kill_on(driver: Driver, text: str, n: int, marker: str) -> str:
+    """SIGKILL the driver the moment its n-th line holding ``text`` appears; where the kill landed."""
+    seen = driver.wait_line(text, n)
+    with driver.seen:  # no new line is taken in while the kill is decided and sent
+        phase = "after exit" if not seen or driver.proc.poll() is not None else (
+            "trials" if driver.count(EPOCH_LINE) else "setup")
+        kill_driver(driver.proc, marker)
     # nothing of Ray outlives the kill (zombies have no environment, so they are not counted)
     wait_for(lambda: not kill_marked(marker), 30, "the marked processes to die", poll=0.5)
     return phase
@@ -79,19 +122,20 @@ def test_driver_killed_at_random_points_resumes_to_the_uninterrupted_table(tmp_p
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
 
     rng = random.Random(KILL_SEED)
+    kills = [(rng.choice(SETUP_LINES), 1), (EPOCH_LINE, rng.choice(EPOCH_KILLS)),
+             (EPOCH_LINE, rng.choice(EPOCH_KILLS))]
     marker = uuid.uuid4().hex
     env = clean_env(HARNESS_TEST_MARKER=marker)
     landed = []
     try:
-        for i, (anchor, delays) in enumerate(KILLS):
-            log = killed / f"driver-{i}.log"
-            with open(log, "w") as out:
-                proc = start_harness(["run", "tiny.yaml", *(["--resume"] if i else [])], killed, env, out)
-                try:
-                    landed.append(kill_at(proc, log, anchor, rng.uniform(*delays), marker))
-                finally:
-                    kill_driver(proc, marker)
-        assert landed.count("trials") >= 2, f"kills landed at {landed}; see {killed}/driver-*.log"
+        for i, (text, n) in enumerate(kills):
+            driver = Driver(["run", "tiny.yaml", *(["--resume"] if i else [])], killed, env,
+                            killed / f"driver-{i}.log")
+            try:
+                landed.append(kill_on(driver, text, n, marker))
+            finally:
+                kill_driver(driver.proc, marker)
+        assert landed == ["setup", "trials", "trials"], f"kills landed at {landed}; see {killed}/driver-*.log"
         r = harness(["run", "tiny.yaml", "--resume"], killed, env=env)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     finally:
