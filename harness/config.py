@@ -306,7 +306,7 @@ class SearchParam(Strict):
     A plain list is a ``choice``. ``or_zero`` (log-uniform only) also tries
     exactly 0, which no log scale holds: Optuna gets a categorical
     ``<name>_zero`` (False/True) beside a log-uniform ``<name>_log``, and the
-    trial uses 0 when ``<name>_zero`` is True (``harness.search.decode``).
+    trial uses 0 when ``<name>_zero`` is True (``harness.space.decode``).
     """
 
     choice: list[str | int | float | bool] | None = None
@@ -434,7 +434,7 @@ class Study(Strict):
     paper_epoch: Literal["best", "last", "unstated"] = "unstated"
     # The study's PNG: top-1 against GFLOPs (tables), or the ||T_ij||_1 heatmaps of Fig. 5 (harness.plots).
     figure: Literal["accuracy_vs_gflops", "fusion_matrices"] = "accuracy_vs_gflops"
-    # kind: search only: the space Optuna samples around the one row, objective, budgets (harness.search).
+    # kind: search only: the space Optuna samples around the one row, objective, budgets (harness.study.search).
     search: Search | None = None
 
     @field_validator("search")
