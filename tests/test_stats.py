@@ -257,7 +257,8 @@ def test_comparisons_match_scipy_t_tests() -> None:
         assert c.method == method
         assert c.p == pytest.approx(reference.pvalue)
         assert (c.low, c.high) == pytest.approx(tuple(reference.confidence_interval(0.95)))
-        assert c.p == pytest.approx(2 * min(c.p_a_better, 1 - c.p_a_better))  # type: ignore[type-var]
+        assert c.p_a_better is not None
+        assert c.p == pytest.approx(2 * min(c.p_a_better, 1 - c.p_a_better))
 
 
 def test_holm_on_known_p_values() -> None:
