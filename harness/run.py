@@ -77,7 +77,7 @@ def resolve_profile(study: Study, name: str, seeds: int | None = None) -> Profil
         prof.seeds = seeds
     prof.data.root = _absolute(prof.data.root)
     prof.data.annotations = _absolute(prof.data.annotations)
-    prof.backbone.pretrained = _absolute(prof.backbone.pretrained)
+    prof.backbone = prof.backbone.map_paths(_absolute)  # one checkpoint path, or one per arch
     return prof
 
 
