@@ -737,6 +737,7 @@ def evaluate_checkpoint(cfg: TrainConfig, path: str | Path, *, progress: bool = 
 def main(args: Any) -> int:
     """``harness train CONFIG [--out DIR] [--resume] [--evaluate CKPT --clips N --crops M]``."""
     from harness.config import load_train
+    from harness.data.dataset import BadDataError
     from harness.data.formats import DataError
     from harness.errors import fail_config, fail_environment
 
@@ -756,6 +757,9 @@ def main(args: Any) -> int:
         if evaluate_only:
             return _main_evaluate(cfg, args, out)
         result = fit(cfg, out, resume=args.resume, progress=True)
+    except BadDataError as e:  # the data failed mid-run (unreadable share, folder gone): the work ran, exit 1
+        log.error("%s", e)
+        return 1
     except (FileNotFoundError, FileExistsError, ValueError, DataError) as e:
         log.error("%s", e)
         return 2
