@@ -103,6 +103,7 @@ def test_dry_run_warns_before_anything_starts(tmp_path, monkeypatch, caplog):
 
 def test_paper_profile_must_say_where_each_recipe_value_comes_from():
     d = study_dict()
+    d["paper"] = "results/paper/mini.csv"  # compared with the paper's figures: provenance is required
     del d["profiles"]["paper"]["provenance"]["lr"]
     with pytest.raises(ValueError, match="missing: lr"):
         Study.model_validate(d)

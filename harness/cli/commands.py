@@ -98,6 +98,7 @@ def tables(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace) -> int:
     """``harness train CONFIG [--out DIR] [--resume] [--evaluate CKPT --clips N --crops M]``."""
     from harness.config import load_train
+    from harness.data.dataset import BadDataError
     from harness.data.formats import DataError
     from harness.train import fit
 
@@ -116,6 +117,9 @@ def train(args: argparse.Namespace) -> int:
         if args.evaluate:
             return _evaluate(cfg, Path(args.evaluate), out, clips=args.clips, crops=args.crops)
         result = fit(cfg, out, resume=args.resume, progress=True)
+    except BadDataError as e:  # the data failed mid-run (unreadable share, folder gone): the work ran, exit 1
+        log.error("%s", e)
+        return 1
     except (FileNotFoundError, FileExistsError, ValueError, DataError) as e:
         log.error("%s", e)
         return 2

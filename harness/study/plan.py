@@ -100,7 +100,7 @@ def resolve_profile(study: Study, name: str, seeds: int | None = None) -> Profil
         prof.seeds = seeds
     prof.data.root = absolute(prof.data.root) or prof.data.root
     prof.data.annotations = absolute(prof.data.annotations)
-    prof.backbone.pretrained = absolute(prof.backbone.pretrained)
+    prof.backbone = prof.backbone.map_paths(absolute)  # one checkpoint path, or one per arch
     return prof
 
 

@@ -80,11 +80,8 @@ def loaders(cfg: TrainConfig) -> tuple[DataLoader[Any], DataLoader[Any], list[st
 
 
 def create_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """The row's block in ``cfg.backbone``; pretrained weights are loaded by the caller (see :func:`fit`)."""
-    if (cfg.backbone.arch != "tiny" and "backbone" in cfg.row.model_fields_set
-            and cfg.row.backbone != cfg.backbone.arch):
-        log.warning("row asks for %s but the trial's backbone is %s; using the trial's",
-                    cfg.row.backbone, cfg.backbone.arch)
+    """The row's block in ``cfg.backbone`` (the row's own backbone: harness.config.trial_config); pretrained
+    weights are loaded by the caller (see :func:`harness.train.fit`)."""
     return blocks.create(cfg.row.block, backbone=cfg.backbone.create_kwargs(), num_classes=num_classes,
                          num_frames=cfg.data.frames, dropout=cfg.recipe.dropout, pretrained=None,
                          **cfg.row.options)
