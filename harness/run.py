@@ -333,11 +333,11 @@ def main(args: Any) -> int:
     try:
         study = load_study(args.study)
         profile = resolve_profile(study, args.profile, args.seeds)
-        from harness.preflight import check_profile, local_resources
+        from harness.preflight import check_profile, cluster_resources, local_resources
 
         on_cluster = args.address or os.environ.get("RAY_ADDRESS")
-        cpus, gpus = (None, None) if on_cluster else local_resources()
-        check_profile(profile, args.profile, cluster_cpus=cpus, cluster_gpus=gpus)
+        cpus, gpus = cluster_resources(on_cluster) if on_cluster else local_resources()
+        check_profile(profile, args.profile, cluster_cpus=cpus, cluster_gpus=gpus, cluster=on_cluster)
     except Exception as exc:  # noqa: BLE001 - a config error is one line and exit 2
         return fail_config(args.study, exc)
     from harness.errors import fail_environment

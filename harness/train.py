@@ -228,8 +228,11 @@ def keep_freed_memory() -> bool:
 
 
 def _device() -> tuple[torch.device, torch.dtype | None]:
-    """CUDA with autocast when present (bf16 if supported, else fp16); CPU in full precision."""
-    if not torch.cuda.is_available():
+    """CUDA with autocast when present (bf16 if supported, else fp16); CPU in full precision.
+    A trial that was given a GPU raises instead of training on the CPU (:mod:`harness.device`)."""
+    from harness.device import choose
+
+    if choose(torch.cuda.is_available()) == "cpu":
         return torch.device("cpu"), None
     torch.backends.cudnn.benchmark = True
     return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -146,10 +146,12 @@ def _run_trial(spec: Mapping[str, Any], out_dir: Path, report_to: Any, checkpoin
     ``report_to`` / ``checkpoint`` / ``checkpoint_cls`` are Tune's (one process)
     or Ray Train's (a data-parallel worker); ``extra`` joins every report.
     """
+    from harness import device
     from harness.config import TrainConfig
     from harness.train import fit
 
     cfg = TrainConfig.model_validate(spec["train"])
+    os.environ[device.ENV] = device.for_trial(ray.get_gpu_ids())  # given a GPU: never train on the CPU
     ckpt_dir = out_dir / "checkpoints"
     extra = {"node_id": ray.get_runtime_context().get_node_id(), **(extra or {})}
     resume = False
