@@ -99,10 +99,6 @@ def _resource_problems(profile: Profile, base: tuple, cluster_cpus: float | None
     # cpu and gpu are per worker; a data-parallel trial's driver takes no CPU slot (harness.tune)
     cpus, gpus = res.workers * res.cpu, res.workers * res.gpu
     per = f" ({res.workers} workers)" if res.workers > 1 else ""
-    if cluster_cpus is not None and cpus > cluster_cpus:
-        out.append(Problem((*base, "resources", "cpu"),
-                           f"a trial asks for {cpus:g} CPUs{per} but the cluster has {cluster_cpus:g}; lower it",
-                           "resources"))
     if cluster_gpus is not None and gpus > 0 and cluster_gpus == 0:
         # A GPU profile where no GPU is to be had: the fix is the machine, not the number.
         out.append(Problem((*base, "resources", "gpu"), f"a trial asks for {gpus:g} GPUs{per}: {gpu_fix(cluster)}",
@@ -111,13 +107,17 @@ def _resource_problems(profile: Profile, base: tuple, cluster_cpus: float | None
         out.append(Problem((*base, "resources", "gpu"),
                            f"a trial asks for {gpus:g} GPUs{per} but the cluster has {cluster_gpus:g}; "
                            "lower it or pass --address of a GPU cluster", "resources"))
+    if cluster_cpus is not None and cpus > cluster_cpus:
+        out.append(Problem((*base, "resources", "cpu"),
+                           f"a trial asks for {cpus:g} CPUs{per} but the cluster has {cluster_cpus:g}; lower it",
+                           "resources"))
     return out
 
 
 def problems(profile: Profile, name: str, *, cluster_cpus: float | None = None, cluster_gpus: float | None = None,
              cluster: str | None = None) -> list[Problem]:
-    """Every reason the profile cannot run here, in the order check_profile has always checked them:
-    data and checkpoint paths, then the batch split, then CPUs and GPUs against the cluster.
+    """Every reason the profile cannot run here: data and checkpoint paths, the batch split, then GPUs
+    (a GPU profile on a machine without any hears that before the CPU count) and CPUs against the cluster.
 
     ``cluster_cpus`` / ``cluster_gpus``: what the machine or cluster has (None: not checked);
     ``cluster``: its address, or None for this machine (it words the GPU fix).
