@@ -302,16 +302,23 @@ def _marker() -> Path:
 
 def ray_checks(address: str | None, start_local: bool, shared: list[str]) -> tuple[list[Check], RayInfo]:
     """Ray's version and what trials can get; with a cluster (or ``start_local``), every node probed."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # as harness.tune: no network
-    import ray
+    from importlib.metadata import PackageNotFoundError, version
 
     from .preflight import local_resources
 
-    if not address and not start_local:
+    if not address and not start_local:  # the installed version, without importing Ray (a second or more)
+        try:
+            found = version("ray")
+        except PackageNotFoundError:
+            return [Check("fail", "ray", "not installed", "pip install -e . (pyproject.toml pins it)")], \
+                RayInfo(0, 0, "this machine")
         cpus, gpus = local_resources()
-        return [Check("ok", "ray", f"{ray.__version__}; not started (--ray starts one): a local Ray would get "
+        return [Check("ok", "ray", f"{found}; not started (--ray starts one): a local Ray would get "
                                    f"{cpus:g} CPUs, {gpus:g} GPUs")], RayInfo(cpus, gpus, "this machine")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # as harness.tune: no network
     import logging
+
+    import ray
 
     t0 = time.perf_counter()
     if address:
@@ -320,13 +327,15 @@ def ray_checks(address: str | None, start_local: bool, shared: list[str]) -> tup
         cpus, _ = local_resources()
         ray.init(address="local", num_cpus=int(cpus), include_dashboard=False, logging_level=logging.WARNING)
     started = time.perf_counter() - t0
-    marker = _marker()
     try:
-        nodes = _probe_nodes(ray, [str(marker), *shared])
-        have = ray.cluster_resources()
+        marker = _marker()
+        try:
+            nodes = _probe_nodes(ray, [str(marker), *shared])
+            have = ray.cluster_resources()
+        finally:
+            marker.unlink(missing_ok=True)
     finally:
         ray.shutdown()
-        marker.unlink(missing_ok=True)
     where = f"the Ray cluster at {address}" if address else "this machine"
     info = RayInfo(float(have.get("CPU", 0)), float(have.get("GPU", 0)), where, nodes, str(marker))
     head = Check("ok", "ray", f"{ray.__version__}: {'joined' if address else 'started a local Ray on'} {where} in "
@@ -368,11 +377,22 @@ def storage_checks(nodes: list[NodeReport], marker: str, shared: list[str]) -> l
 # ----------------------------------------------------------------------------- MLflow
 
 
+def tracking_uri(work: Path = WORK) -> str:
+    """:func:`harness.tracking.default_uri`, without importing harness.tracking: it imports MLflow (3 s here)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(work.resolve() / 'mlflow.db').as_posix()}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """:func:`harness.tracking.sqlite_path`, for the same reason."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///")
+    return Path(path if path.startswith("/") else Path.cwd() / path)
+
+
 def mlflow_check(uri: str) -> Check:
     """The tracking store reachable and writable: sqlite (the default), http(s) servers, others reached only."""
-    from .tracking import sqlite_path
-
-    db = sqlite_path(uri)
+    db = _sqlite_path(uri)
     if db is not None:
         return _sqlite_check(uri, db)
     if uri.startswith(("http://", "https://")):
@@ -507,6 +527,8 @@ def weights_check(path: str | None, arch: str) -> Check:
         return Check(level, "weights", f"none: {arch} trains from scratch",
                      "" if arch == "tiny" else f"set backbone.pretrained to {V1_FILE.get(arch, 'a torchvision file')}")
     file = Path(path)
+    if not file.is_file():
+        return Check("fail", "weights", f"{path} is not a file", "give the path of the .pth file itself")
     digest = file_sha256(file)
     known = KNOWN_WEIGHTS.get(digest[:8])
     named = file.stem.rsplit("-", 1)[-1] if "-" in file.stem else ""
@@ -643,8 +665,6 @@ def _gpu_needed_here(study_path: str | None, profile_name: str, address: str | N
 
 def run_checks(study: str | None = None, profile: str = "paper", address: str | None = None,
                start_ray: bool = False) -> list[Check]:
-    from .tracking import default_uri
-
     address = address or os.environ.get("RAY_ADDRESS")
     checks = [python_check()]
     checks += _guard("torch", lambda: torch_checks(_gpu_needed_here(study, profile, address)))
@@ -657,7 +677,7 @@ def run_checks(study: str | None = None, profile: str = "paper", address: str | 
         return lines
 
     checks += _guard("ray", ray_part)
-    checks += _guard("mlflow", lambda: [mlflow_check(default_uri(WORK))])
+    checks += _guard("mlflow", lambda: [mlflow_check(tracking_uri())])
     if study:
         checks += _guard("study", lambda: study_checks(study, profile, info, address))
     return checks

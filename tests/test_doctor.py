@@ -57,6 +57,18 @@ def test_doctor_on_table1_paper_profile_here_fails_with_what_to_do(capsys, tmp_p
 # ----------------------------------------------------------------------------- MLflow
 
 
+def test_tracking_uri_is_harness_tracking_default_uri(tmp_path, monkeypatch):
+    """The doctor's copy (it avoids importing MLflow) must name the store harness run writes to."""
+    from harness.tracking import default_uri, sqlite_path
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert doctor.tracking_uri(tmp_path / "work") == default_uri(tmp_path / "work")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    assert doctor.tracking_uri() == default_uri() == "http://mlflow.internal:5000"
+    for uri in ("sqlite:///rel/m.db", "sqlite:////abs/m.db", "http://x"):
+        assert doctor._sqlite_path(uri) == sqlite_path(uri)
+
+
 def test_mlflow_sqlite_store_new_existing_and_broken(tmp_path):
     from harness.tracking import Tracker
 
@@ -280,3 +292,29 @@ def test_a_trial_given_a_gpu_never_trains_on_the_cpu(monkeypatch):
         device.requested()
     monkeypatch.delenv(device.ENV)
     assert train._device() == (torch.device("cpu"), None)
+
+
+@pytest.mark.slow
+def test_doctor_on_a_two_node_cluster_probes_each_node_and_the_storage(tmp_path, monkeypatch, capsys):
+    """A local 2-node cluster (both on this machine, so they share its files): a line per node, shared work/ray."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    study = Path(__file__).parents[1] / "studies" / "table1.yaml"
+    monkeypatch.chdir(tmp_path)
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    address = c.address
+    try:
+        code = main(["doctor", "--address", address, "--study", str(study), "--profile", "laptop"])
+    finally:
+        ray.shutdown()
+        c.shutdown()
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"joined the Ray cluster at {address}" in out and "2 node(s), 2 CPUs, 0 GPUs" in out
+    assert out.count("OK    node      ") == 2
+    assert "work/ray (Tune's experiments; marker .doctor-" in out and "seen by all 2 nodes" in out
+    assert not list((tmp_path / "work" / "ray").glob(".doctor-*"))  # the marker is removed
