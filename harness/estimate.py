@@ -58,7 +58,7 @@ def rates(trials: Sequence[Any], spec: str | float | None, profile: Profile,
         bench = cost.parse_bench(Path(str(spec)).read_text(encoding="utf-8"))
         origin = f"measured in {spec}"
     elif spec is not None:
-        base, origin = float(spec), "--throughput"
+        base, origin = _clips_per_s(spec), "--throughput"
     first = trials[0]
 
     def scaled(t: Any) -> float | None:
@@ -78,6 +78,17 @@ def rates(trials: Sequence[Any], spec: str | float | None, profile: Profile,
     if bench is not None:
         notes += _bench_caveats(bench, profile, trials)
     return rate, notes
+
+
+def _clips_per_s(spec: str | float) -> float:
+    try:
+        value = float(spec)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"--throughput {spec}: neither a positive number of clips/s nor a bench report file; "
+                         "give e.g. 120 or results/gpu-check.md")
+    return value
 
 
 def _rate_note(base: float | None, origin: str, bench: cost.BenchRates | None, profiles: Any) -> str:

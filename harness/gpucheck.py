@@ -40,6 +40,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 from types import SimpleNamespace
 from typing import Any
 
@@ -265,7 +266,9 @@ def ddp_rank(rank: int, world: int, backend: str, device: str, init_file: str, c
             loss.backward()  # the gradient all-reduce
             opt.step()
             losses.append(loss.item())
-        checksum = torch.tensor([sum(p.detach().double().sum().item() for p in model.parameters())], device=dev)
+        # all_gather on CUDA tensors is nccl's; gloo gathers CPU tensors (its CUDA support is all_reduce/broadcast)
+        where = dev if backend == "nccl" else torch.device("cpu")
+        checksum = torch.tensor([sum(p.detach().double().sum().item() for p in model.parameters())], device=where)
         gathered = [torch.zeros_like(checksum) for _ in range(world)]
         dist.all_gather(gathered, checksum)
         queue.put({"rank": rank, "losses": losses, "checksums": [g.item() for g in gathered]})
@@ -292,7 +295,9 @@ def run_ddp(cfg_json: dict[str, Any], num_classes: int, *, backend: str, world: 
         while len(answers) < world and time.monotonic() < deadline:
             try:
                 answers.append(queue.get(timeout=max(0.1, deadline - time.monotonic())))
-            except Exception:  # noqa: BLE001 - queue.Empty: the deadline passed
+            except Empty:
+                break
+            if "error" in answers[-1]:  # the other ranks would only wait in a collective until its timeout
                 break
         for p in procs:
             p.join(timeout=10)
@@ -322,7 +327,7 @@ def ddp_section(setup: Setup, row: str, ray_smoke: bool) -> Section:
     n = setup.study.num_classes
     lines, ok = [f"Row {row}, batch {setup.batch} split over the ranks, 2 SGD steps, spawned processes.", ""], True
     if setup.device == "cuda":
-        two = run_ddp(cfg_json, n, backend="nccl", world=2, device="cuda", steps=2)
+        two = run_ddp(cfg_json, n, backend="nccl", world=2, device="cuda", steps=2, timeout=90)  # may hang: short
         if two["ok"]:
             lines.append(f"- nccl, 2 ranks on one GPU: pass: {two['detail']}")
         else:
@@ -392,7 +397,8 @@ def device_line(device: str) -> str:
 
         return f"cpu: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
     p = torch.cuda.get_device_properties(0)
-    nccl = ".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else "?"
+    version = torch.cuda.nccl.version() if hasattr(torch.cuda, "nccl") else "?"
+    nccl = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
     amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16 + GradScaler"
     return (f"cuda: {p.name}, {p.total_memory / 2**30:.1f} GiB, compute {p.major}.{p.minor}; torch "
             f"{torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, NCCL {nccl}; "

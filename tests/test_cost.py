@@ -135,6 +135,12 @@ def test_dry_run_rates_from_a_bench_file_per_row(tmp_path):
     assert any("caveat: the bench stepped an unstated batch" in n for n in result.notes)
 
 
+def test_a_throughput_that_is_neither_a_number_nor_a_file_says_so():
+    study, profile, trials = _table1_paper()
+    with pytest.raises(ValueError, match="--throughput no-such.md: neither a positive number of clips/s nor a bench"):
+        estimate.study_cost(study, profile, trials, cost.Cluster(gpus=8), throughput="no-such.md")
+
+
 def test_split_sizes_of_the_synth_set_follow_its_config():
     study = load_study("studies/table1.yaml")
     assert estimate.split_sizes(study.profiles["laptop"].data) == (750, 250, "the synth config")
