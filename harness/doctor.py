@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from harness.files import WORK
+from harness.files import WORK, default_uri, sqlite_path
 
 if TYPE_CHECKING:  # Ray is imported only when a cluster is probed (harness.tune)
     from harness.tune.session import NodeProbe
@@ -325,29 +325,16 @@ def storage_checks(nodes: list[NodeProbe], marker: str, shared: list[str]) -> li
 # ----------------------------------------------------------------------------- MLflow
 
 
-def tracking_uri(work: Path = WORK) -> str:
-    """:func:`harness.tracking.default_uri`, without importing harness.tracking: it imports MLflow (3 s here)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(work.resolve() / 'mlflow.db').as_posix()}"
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    """:func:`harness.tracking.sqlite_path`, for the same reason."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri.removeprefix("sqlite:///")
-    return Path(path if path.startswith("/") else Path.cwd() / path)
-
-
 def mlflow_check(uri: str) -> Check:
     """The tracking store reachable and writable: sqlite (the default), http(s) servers, others reached only."""
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None:
         return _sqlite_check(uri, db)
     if uri.startswith(("http://", "https://")):
         return _http_check(uri)
-    from mlflow import MlflowClient
+    from harness.tracking import Tracker
 
-    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    Tracker(uri).experiments()
     return Check("warn", "mlflow", f"{uri}: reachable; writing not checked for this kind of store",
                  "use sqlite (default) or an http(s) server for a checked store")
 
@@ -529,44 +516,32 @@ def annotation_checks(data: Any) -> list[Check]:
 
 def study_checks(study_path: str, profile_name: str, ray: RayInfo, address: str | None) -> list[Check]:
     """The profile's data, weights and resources, checked where the study will run."""
-    from .config import load_study
+    from .config import load_study, trained_archs
     from .errors import describe
-    from .preflight import problems
-    from .run import resolve_profile
+    from .preflight import path_problem, problems, weight_paths
+    from .study.plan import resolve_profile
 
     try:
         study = load_study(study_path)
         profile = resolve_profile(study, profile_name)
+        archs = trained_archs(study, profile_name)
     except Exception as exc:  # noqa: BLE001 - a config error is the finding
         return [Check("fail", "study", describe(study_path, exc), "fix the study file")]
     out = [Check("ok", "study", f"{study.name} ({study_path}), profile {profile_name}: {len(study.rows)} rows x "
                                 f"{profile.seeds} seed(s), {profile.resources.gpu:g} GPU(s) a trial")]
     out += annotation_checks(profile.data)
-    pretrained = profile.backbone.pretrained
-    problem = next((p for p in problems(profile, profile_name) if p.keys[-1] == "pretrained"), None)
-    if problem is not None:
-        out.append(Check("fail", "weights", *problem.message.split("; ", 1)))
-    else:
-        out.append(weights_check(pretrained, profile.backbone.arch))
-    out += _row_backbones(study, profile)
-    for p in problems(profile, profile_name, cluster_cpus=ray.cpus, cluster_gpus=ray.gpus, cluster=address):
+    for path, keys, what in weight_paths(profile, ("profiles", profile_name), archs):  # one per arch trained
+        arch = keys[-1] if keys[-1] != "pretrained" else profile.backbone.arch
+        problem = path_problem(path, keys, what)
+        if problem is not None:
+            out.append(Check("fail", "weights", *problem.message.split("; ", 1)))
+        else:
+            out.append(weights_check(path, arch))
+    for p in problems(profile, profile_name, cluster_cpus=ray.cpus, cluster_gpus=ray.gpus, cluster=address,
+                      archs=archs):
         if p.kind != "data":
             out.append(Check("fail", "resources", *p.message.split("; ", 1)))
     return out
-
-
-def _row_backbones(study: Any, profile: Any) -> list[Check]:
-    """Rows that ask for another paper backbone than the profile's: their trials build the profile's."""
-    arch = profile.backbone.arch
-    other = [name for name, row in study.rows.items()
-             if arch != "tiny" and "backbone" in row.model_fields_set and row.backbone != arch]
-    if not other:
-        return []
-    verb = "asks" if len(other) == 1 else "ask"
-    return [Check("warn", "rows", f"{', '.join(other)} {verb} for {study.rows[other[0]].backbone}, but every trial "
-                                  f"of this profile builds its {arch} from one weights file (harness.train.create_model"
-                                  " keeps the trial's backbone)",
-                  "their top-1 is a ResNet-50's until rows can carry their own backbone and weights")]
 
 
 def shared_paths(study_path: str | None, profile_name: str) -> list[str]:
@@ -574,13 +549,15 @@ def shared_paths(study_path: str | None, profile_name: str) -> list[str]:
     if not study_path:
         return []
     from .config import load_study
-    from .run import resolve_profile
+    from .study.plan import resolve_profile
 
     try:
         profile = resolve_profile(load_study(study_path), profile_name)
     except Exception:  # noqa: BLE001 - study_checks reports it
         return []
-    paths = [profile.data.root, profile.data.annotations, profile.backbone.pretrained]
+    weights = profile.backbone.pretrained
+    paths = [profile.data.root, profile.data.annotations,
+             *(weights.values() if isinstance(weights, dict) else [weights])]
     return list(dict.fromkeys(p for p in paths if p and "${" not in p and Path(p).exists()))
 
 
@@ -625,7 +602,7 @@ def run_checks(study: str | None = None, profile: str = "paper", address: str | 
         return lines
 
     checks += _guard("ray", ray_part)
-    checks += _guard("mlflow", lambda: [mlflow_check(tracking_uri())])
+    checks += _guard("mlflow", lambda: [mlflow_check(default_uri())])
     if study:
         checks += _guard("study", lambda: study_checks(study, profile, info, address))
     return checks

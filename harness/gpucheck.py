@@ -149,14 +149,14 @@ def train_row(setup: Setup, row: str, num_classes: int) -> StepResult:
         clips = torch.randn(shape, device=device)
         labels = torch.randint(0, num_classes, (setup.batch,), device=device)
         start = time.perf_counter()
-        with train._autocast(device, amp):
+        with train.autocast(device, amp):
             logits = model(clips)
         aux = model.aux_losses() if hasattr(model, "aux_losses") else {}
         loss, _ = train.compute_loss(logits, labels, aux, alpha=cfg.recipe.alpha, beta=cfg.recipe.beta)
         losses.append(float(loss.detach()))
         if not math.isfinite(losses[-1]):
             break
-        train._step(trial, loss, 0, step)  # backward (scaled), unscale + clip, optimizer and schedule step
+        train.optimizer_step(trial, loss, 0, step)  # backward (scaled), unscale + clip, optimizer and schedule step
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
@@ -181,7 +181,7 @@ def eval_views(model: Any, setup: Setup, device: Any, amp: Any, num_classes: int
 
     views = torch.randn(2, clips * crops, setup.frames, 3, setup.size, setup.size, device=device)
     model.eval()
-    with torch.no_grad(), train._autocast(device, amp):
+    with torch.no_grad(), train.autocast(device, amp):
         logits = train.view_logits(model, views).float()
     model.train()
     return tuple(logits.shape) == (2, num_classes) and bool(torch.isfinite(logits).all())

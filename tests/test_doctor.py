@@ -6,6 +6,7 @@ made here; nothing reaches the network and no Ray is started (the cluster checks
 from __future__ import annotations
 
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,6 +18,7 @@ from harness import device, doctor
 from harness.cli import main
 from harness.config import Profile
 from harness.preflight import PreflightError, check_profile, problems
+from harness.tune.session import NodeProbe, node_probe
 
 
 # ----------------------------------------------------------------------------- the whole screen
@@ -38,7 +40,7 @@ def test_doctor_answers_on_this_machine_with_cuda_as_a_warning(capsys, tmp_path,
 
 def test_doctor_on_table1_paper_profile_here_fails_with_what_to_do(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    for var in ("STHV1_ROOT", "STHV1_ANNOTATIONS", "IMAGENET_R50", "RAY_ADDRESS"):
+    for var in ("STHV1_ROOT", "STHV1_ANNOTATIONS", "IMAGENET_R50", "IMAGENET_R101", "RAY_ADDRESS"):
         monkeypatch.delenv(var, raising=False)
     assert main(["doctor", "--study", "studies/table1.yaml", "--profile", "paper"]) == 1
     lines = capsys.readouterr().out.splitlines()
@@ -49,7 +51,9 @@ def test_doctor_on_table1_paper_profile_here_fails_with_what_to_do(capsys, tmp_p
            in lines
     assert "FAIL  weights   environment variable IMAGENET_R50 is not set -> export IMAGENET_R50=/path/to/checkpoint" \
            in lines
-    assert any(line.startswith("WARN  rows      GST-R101 asks for resnet101") for line in lines)
+    # GST-R101 trains ResNet-101: its weights are checked too
+    assert "FAIL  weights   environment variable IMAGENET_R101 is not set -> export IMAGENET_R101=/path/to/checkpoint" \
+           in lines
     assert "FAIL  resources a trial asks for 1 GPUs: torch 2.13.0+cpu here is a CPU build -> install a CUDA build " \
            "of torch on a GPU machine, pass --address of a GPU cluster, or set resources.gpu: 0" in lines
 
@@ -57,16 +61,17 @@ def test_doctor_on_table1_paper_profile_here_fails_with_what_to_do(capsys, tmp_p
 # ----------------------------------------------------------------------------- MLflow
 
 
-def test_tracking_uri_is_harness_tracking_default_uri(tmp_path, monkeypatch):
-    """The doctor's copy (it avoids importing MLflow) must name the store harness run writes to."""
-    from harness.tracking import default_uri, sqlite_path
+def test_naming_the_store_does_not_import_mlflow(tmp_path):
+    """The doctor names the store harness run writes to (harness.files.default_uri) without MLflow's 3 s import."""
+    import subprocess
+    import sys
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert doctor.tracking_uri(tmp_path / "work") == default_uri(tmp_path / "work")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
-    assert doctor.tracking_uri() == default_uri() == "http://mlflow.internal:5000"
-    for uri in ("sqlite:///rel/m.db", "sqlite:////abs/m.db", "http://x"):
-        assert doctor._sqlite_path(uri) == sqlite_path(uri)
+    code = ("import sys; from harness.files import default_uri; from harness import doctor; "
+            "print(default_uri(), 'mlflow' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [f"sqlite:///{tmp_path.resolve() / 'work' / 'mlflow.db'}", "False"]
 
 
 def test_mlflow_sqlite_store_new_existing_and_broken(tmp_path):
@@ -268,8 +273,9 @@ def test_run_stops_a_gpu_profile_here_with_exit_2(tmp_path, monkeypatch, capsys)
     for var, name in (("STHV1_ROOT", "frames"), ("STHV1_ANNOTATIONS", "ann")):
         (tmp_path / name).mkdir()
         monkeypatch.setenv(var, str(tmp_path / name))
-    (tmp_path / "r50.pth").write_bytes(b"")
-    monkeypatch.setenv("IMAGENET_R50", str(tmp_path / "r50.pth"))
+    for var, name in (("IMAGENET_R50", "r50.pth"), ("IMAGENET_R101", "r101.pth")):
+        (tmp_path / name).write_bytes(b"")
+        monkeypatch.setenv(var, str(tmp_path / name))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.chdir(Path(__file__).parents[1])
     assert main(["run", "studies/table1.yaml", "--profile", "paper"]) == 2
@@ -286,12 +292,12 @@ def test_a_trial_given_a_gpu_never_trains_on_the_cpu(monkeypatch):
     assert device.choose(True, "auto") == "cuda"
     monkeypatch.setenv(device.ENV, "cuda")
     with pytest.raises(device.DeviceError, match="this trial was given a GPU but torch 2.13.0[+]cpu"):
-        train._device()
+        train.device()
     monkeypatch.setenv(device.ENV, "tpu")
     with pytest.raises(device.DeviceError, match="HARNESS_DEVICE='tpu' is not one of auto, cpu, cuda"):
         device.requested()
     monkeypatch.delenv(device.ENV)
-    assert train._device() == (torch.device("cpu"), None)
+    assert train.device() == (torch.device("cpu"), None)
 
 
 @pytest.mark.slow
