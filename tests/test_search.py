@@ -132,7 +132,7 @@ def _searcher(*, seed: int = 0, sampler=None, multi: bool = False):
     dists = space.distributions(search)
 
     def make_spec(trial_id, params, number):  # what the searcher reads of a TrialSpec
-        return SimpleNamespace(gflops=float(params["spatial_rf"]))
+        return SimpleNamespace(gflops=float(params["spatial_rf"]), label=f"#{number}", seed=0)
 
     if sampler is None:
         return tuning.search_algorithm(dists, make_spec, metric="val_top1", multi_objective=multi, seed=seed,
@@ -149,7 +149,7 @@ def _drive(alg, objective, n: int = N, budget: float | None = None) -> list[dict
         cfg = alg.suggest(f"t{i}")
         params = {k: v for k, v in cfg.items() if k != "trial"}
         seen.append(params)
-        if budget is not None and cfg["trial"].gflops > budget:  # what the trainable reports
+        if budget is not None and cfg["trial"]["spec"].gflops > budget:  # what the trainable reports
             alg.on_trial_complete(f"t{i}", {"final": 1, "pruned_flops": 1})
             continue
         alg.on_trial_result(f"t{i}", {"epoch": 1, "training_iteration": 1, "val_top1": objective(params)})
@@ -349,7 +349,7 @@ def test_resume_after_sigkill_finishes_the_search_and_optuna_keeps_what_it_learn
     # first (random) draws again after the resume.
     study: Study = load_study(tmp_path / "tiny.yaml")
     s = study.search
-    replay = tuning.search_algorithm(space.distributions(s), lambda *a: SimpleNamespace(gflops=0.0),
+    replay = tuning.search_algorithm(space.distributions(s), lambda *a: SimpleNamespace(gflops=0.0, label="replay", seed=0),
                                      metric=s.metric, multi_objective=False, seed=s.seed, startup_trials=s.startup_trials,
                                      population_size=s.population_size, max_concurrent=1)
     for run in sorted(finished.values(), key=lambda c: int(c.tags["harness.search_trial"])):

@@ -22,7 +22,7 @@ from harness.tracking import DONE, NewChild, Tracker
 from harness.train import PREDICTIONS_KEY
 from harness.trial import TrialSpec
 from harness.tune.ddp import BACKEND
-from harness.tune.experiment import trial_name
+from harness.tune.experiment import spec_of, trial_name
 from harness.tune.fitting import FINAL, FUSION_MATRICES, NODE_ID, PRUNED_FLOPS, REASON, STATUS, SUMMARY
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,13 @@ class MlflowCallback(tune.Callback):
         if self._tracker is None:
             self._tracker = Tracker(self.uri)
             children = self._tracker.children(self.parent_id)
-            self._ids = {k: r.info.run_id for k, r in children.items()}
-            self._done = {k for k, r in children.items() if r.info.status in DONE}
+            self._ids = {k: r.run_id for k, r in children.items()}
+            self._done = {k for k, r in children.items() if r.status in DONE}
         return self._tracker
 
     def _run_id(self, trial: Any) -> tuple[TrialSpec, str]:
         """The trial's spec and child run, created (with its ``trial.yaml``) when the trial first shows up."""
-        spec: TrialSpec = trial.config["trial"]
+        spec = spec_of(trial.config)
         tracker = self.tracker  # loads the children already in the store
         if spec.key not in self._ids:
             self._ids.update(tracker.ensure_children(self.parent_id, [NewChild.of(spec)]))

@@ -32,7 +32,7 @@ from ray import tune
 from harness import names
 from harness.config import Resources
 from harness.trial import TrialSpec
-from harness.tune.experiment import dirname
+from harness.tune.experiment import dirname, label
 from harness.tune.fitting import run_trial
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def drive_workers(spec: TrialSpec, dp: Mapping[str, Any]) -> None:
         train_loop_config={"trial": spec},
         scaling_config=ScalingConfig(num_workers=dp["workers"], use_gpu=dp["gpu"] > 0,
                                      resources_per_worker=per_worker),
-        run_config=RunConfig(name=dirname(spec, tune.get_context().get_trial_id()), storage_path=dp["storage"],
+        run_config=RunConfig(name=dirname(label(spec), tune.get_context().get_trial_id()), storage_path=dp["storage"],
                              failure_config=FailureConfig(max_failures=dp["max_failures"]),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),  # as a one-process trial's
                              callbacks=[TuneReportCallback()]),  # rank 0's reports become this trial's results

@@ -10,21 +10,36 @@ from ray import tune
 from harness.trial import TrialSpec
 
 
+# A Tune trial's config holds ``{"trial": {"spec": TrialSpec, "name": "TSN-seed0"}}``. The name travels as a
+# string beside the spec: Tune names a trial before it resolves the placeholders it puts in place of objects.
+TRIAL = "trial"
+
+
+def entry(spec: TrialSpec) -> dict[str, Any]:
+    """The ``config["trial"]`` of the Tune trial that runs ``spec``."""
+    return {"spec": spec, "name": label(spec)}
+
+
+def spec_of(config: dict[str, Any]) -> TrialSpec:
+    spec: TrialSpec = config[TRIAL]["spec"]
+    return spec
+
+
 def label(spec: TrialSpec) -> str:
-    """How a trial is named in logs and in Tune's folders: ``TSM-seed0``."""
+    """How a trial is named in logs and in Tune's folders: ``TSN-seed0``."""
     return f"{spec.label}-seed{spec.seed}"
 
 
-def dirname(spec: TrialSpec, trial_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label(spec)) + f"_{trial_id}"
+def dirname(name: str, trial_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + f"_{trial_id}"
 
 
 def trial_name(trial: Any) -> str:
-    return label(trial.config["trial"])
+    return str(trial.config[TRIAL]["name"])
 
 
 def trial_dirname(trial: Any) -> str:
-    return dirname(trial.config["trial"], trial.trial_id)
+    return dirname(trial_name(trial), trial.trial_id)
 
 
 def checkpoints_to_keep(arch: str) -> int | None:

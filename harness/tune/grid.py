@@ -10,7 +10,8 @@ from harness.config import Resources
 from harness.trial import TrialSpec
 from harness.tune import ddp
 from harness.tune.callback import MlflowCallback
-from harness.tune.experiment import checkpoints_to_keep, run_config, trial_dirname, trial_name
+from harness.tune.experiment import (TRIAL, checkpoints_to_keep, entry, run_config, spec_of, trial_dirname,
+                                     trial_name)
 from harness.tune.trainable import trainable
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def run_trials(specs: Sequence[TrialSpec], *, experiment: str, resources: Resour
             max_concurrent = ddp.data_parallel_slots(resources)
         tuner = tune.Tuner(
             wrapped,
-            param_space={"trial": tune.grid_search(list(specs)), **data_parallel},
+            param_space={TRIAL: tune.grid_search([entry(s) for s in specs]), **data_parallel},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_name_creator=trial_name,
                                         trial_dirname_creator=trial_dirname,
                                         # one worker process per slot for the whole study: no Python +
@@ -44,5 +45,5 @@ def run_trials(specs: Sequence[TrialSpec], *, experiment: str, resources: Resour
                                         reuse_actors=True),
             run_config=run_config(experiment, callback, max_failures=max_failures, keep=keep),
         )
-    return {result.config["trial"].key if result.config else "?": "ERROR" if result.error else "TERMINATED"
+    return {spec_of(result.config).key if result.config else "?": "ERROR" if result.error else "TERMINATED"
             for result in tuner.fit()}

@@ -19,7 +19,7 @@ from harness.config import Resources, Search, SearchBudget
 from harness.trial import TrialSpec
 from harness.tune import ddp
 from harness.tune.callback import MlflowCallback
-from harness.tune.experiment import run_config, trial_dirname, trial_name
+from harness.tune.experiment import TRIAL, entry, run_config, spec_of, trial_dirname, trial_name
 from harness.tune.fitting import PRUNED_FLOPS
 from harness.tune.trainable import trainable
 
@@ -65,7 +65,7 @@ class TrialSpecSearcher(Searcher):
         self.count += 1
         spec = self.make_spec(trial_id, params, self.count)
         self.gflops[trial_id] = spec.gflops if spec.gflops is not None else float("nan")
-        return {**params, "trial": spec}
+        return {**params, TRIAL: entry(spec)}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if self.objective_metric in result:  # epoch results; the closing summary and a pruned report carry none
@@ -158,5 +158,5 @@ def run_search(space: Mapping[str, Any], make_spec: MakeSpec, *, search: Search,
                                         reuse_actors=False),
             run_config=run_config(experiment, callback, max_failures=max_failures, keep=keep),
         )
-    return {result.config["trial"].key if result.config and "trial" in result.config else "?":
+    return {spec_of(result.config).key if result.config and TRIAL in result.config else "?":
             "ERROR" if result.error else "TERMINATED" for result in tuner.fit()}

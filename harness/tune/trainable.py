@@ -8,20 +8,20 @@ from typing import Any
 import ray
 from ray import tune
 
-from harness.trial import TrialSpec
 from harness.tune import ddp
+from harness.tune.experiment import spec_of
 from harness.tune.fitting import FINAL, NODE_ID, PRUNED_FLOPS, REASON, STATUS, run_trial
 
 
 def trainable(config: dict[str, Any]) -> None:
-    """One trial: ``config["trial"]`` is its :class:`TrialSpec`.
+    """One trial: ``config["trial"]["spec"]`` is its :class:`TrialSpec` (:func:`harness.tune.experiment.entry`).
 
     With ``config["data_parallel"]`` (see :func:`harness.tune.ddp.trial_resources`)
     this trial only drives a Ray Train run whose workers each run the same trial
     on their rank. A search sample over the FLOPs budget reports once and trains nothing.
     """
     logging.getLogger("ray").setLevel(logging.WARNING)  # "checkpoint created" per epoch is noise
-    spec: TrialSpec = config["trial"]
+    spec = spec_of(config)
     if spec.over_budget:
         tune.report({FINAL: 1, PRUNED_FLOPS: 1, STATUS: "FINISHED", REASON: spec.over_budget,
                      NODE_ID: ray.get_runtime_context().get_node_id()})
