@@ -219,6 +219,14 @@ class RowData(Strict):
         return merged
 
 
+class RowError(ValueError):
+    """A row's block or option is wrong; ``key`` is the option at fault, so the error points at its line."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
 class Row(Strict):
     """A table row: a registered block and its constructor options."""
 
@@ -242,7 +250,7 @@ class Row(Strict):
         try:
             blocks.check(self.block, self.options)
         except (KeyError, TypeError) as exc:  # pydantic reports ValueError only
-            raise ValueError(exc.args[0]) from None
+            raise RowError(exc.args[0], getattr(exc, "option", None)) from None
         unknown = set(self.recipe) - set(Recipe.model_fields)
         if unknown:
             raise ValueError(f"recipe has no key(s) {sorted(unknown)}; valid: {sorted(Recipe.model_fields)}")

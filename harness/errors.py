@@ -28,11 +28,49 @@ def _line_of(path: str | Path, keys: tuple) -> int | None:
     return line
 
 
-def describe(path: str | Path, exc: BaseException) -> str:
-    """The one line for an exception raised while loading a config file."""
+def setup_error(exc: BaseException) -> str | None:
+    """The line for a broken block-plugin setup (two packages register one name), wherever it surfaced:
+    it is about the installed packages, not about a row of the file being read. None for anything else."""
+    registry = sys.modules.get("blocks.registry")  # imported by whatever raised it; never imported here
+    if registry is None:
+        return None
+    causes = [exc]
+    if isinstance(exc, ValidationError):
+        causes += [(e.get("ctx") or {}).get("error") for e in exc.errors()]
+    return next((str(c) for c in causes if isinstance(c, registry.DuplicateBlock)), None)
+
+
+def _validation_keys(err: dict) -> tuple:
+    """The key path of one pydantic error, down to the option a row's error names (``rows.TSM.fold_div``)."""
+    keys = tuple(k for k in err["loc"] if not str(k).startswith("function-after"))
+    option = getattr((err.get("ctx") or {}).get("error"), "key", None)  # harness.config.RowError
+    return (*keys, option) if option else keys
+
+
+def summary(exc: BaseException) -> str:
+    """One line for a config error without a file (a trial's config): ``key: message``, never pydantic's URL."""
     if isinstance(exc, ValidationError):
         err = exc.errors()[0]
-        keys = tuple(k for k in err["loc"] if not str(k).startswith("function-after"))
+        keys = _validation_keys(err)
+        return f"{'.'.join(map(str, keys)) or '(top level)'}: {err['msg'].removeprefix('Value error, ')}"
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def last_line(traceback: str) -> str:
+    """The line of a traceback that says what went wrong: its last, skipping pydantic's closing URL."""
+    lines = [ln for ln in traceback.strip().splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.strip().startswith("For further information visit")] or lines
+    return lines[-1] if lines else ""
+
+
+def describe(path: str | Path, exc: BaseException) -> str:
+    """The one line for an exception raised while loading a config file."""
+    setup = setup_error(exc)
+    if setup is not None:
+        return setup
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        keys = _validation_keys(err)
         key = ".".join(str(k) for k in keys) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":

@@ -114,35 +114,36 @@ def profile_sizes(study: Study) -> list[int]:
 
         cols = pd.read_csv(study.paper, nrows=0).columns
         sizes |= {int(c.rsplit("_", 1)[1]) for c in cols if c.startswith("paper_gflops_") and c[13:].isdigit()}
-    return sorted(sizes) or [next(iter(study.profiles.values())).data.size]
+    from harness.profile import PAPER_SIZE
+
+    return sorted(sizes) or [PAPER_SIZE]
 
 
 def profile_rows(study: Study, sizes: list[int], profile: str = "paper") -> dict[str, dict[str, Any]]:
     """Params and GFLOPs of every row on its paper backbone (``harness.profile``).
 
-    Each row at its paper setting (``row_data`` of the paper profile, else of
-    ``profile``): its frames, and its own side besides ``sizes`` (Table 4's
-    rows are 8 or 16 frames at 112 or 224).
+    Each row at its paper setting (:func:`harness.profile.paper_input`: the
+    paper profile with the row's data keys, else the paper's 8 frames at 112
+    px, whatever ``profile`` trains at): its frames, and its own side besides
+    ``sizes`` (Table 4's rows are 8 or 16 frames at 112 or 224).
     """
-    from harness.config import row_data
-    from harness.profile import profile_row
+    from harness.profile import paper_input, profile_row
 
-    base = "paper" if "paper" in study.profiles else profile
     out = {}
     for name, row in study.rows.items():
         start = time.perf_counter()
-        data = row_data(study, base, name)
-        row_sizes = sorted({*sizes, data.size})
-        out[name] = profile_row(row, num_classes=study.num_classes, frames=data.frames, sizes=row_sizes)
+        frames, size = paper_input(study, name)  # the paper's setting, never the laptop's tiny input
+        row_sizes = sorted({*sizes, size})
+        out[name] = profile_row(row, num_classes=study.num_classes, frames=frames, sizes=row_sizes)
         log.info("profiled %-20s %6.2f M params  %s GFLOPs at %d frames  (%.1f s)", name,
                  out[name]["params"] / 1e6, " / ".join(f"{out[name]['gflops'][str(s)]:.2f}@{s}" for s in row_sizes),
-                 data.frames, time.perf_counter() - start)
+                 frames, time.perf_counter() - start)
     return out
 
 
 def profile_metrics(prof: dict[str, Any]) -> dict[str, float]:
     """A row's profile as MLflow metrics (numbers the tables read back)."""
-    out = {"profile_params": prof["params"]}
+    out = {"profile_params": prof["params"], "profile_frames": prof["frames"]}
     out.update({f"profile_gflops_{s}": v for s, v in prof["gflops"].items()})
     for k in ("fusion_params", "ir_interactions"):
         if prof.get(k) is not None:
@@ -309,7 +310,7 @@ def _plan_text(study: Study, profile_name: str, profile: Profile, trials: list[T
         p = profiles[t.row]
         rows.append({"trial": t.key, "block": t.config.row.block,
                      "options": ", ".join(f"{k}={v}" for k, v in t.config.row.options.items()) or "-",
-                     "paper params (M)": round(p["params"] / 1e6, 2),
+                     "paper params (M)": round(p["params"] / 1e6, 2), "profile frames": p["frames"],
                      **{f"GFLOPs@{s}": round(p["gflops"][str(s)], 2) for s in sizes}})
     r, d = profile.recipe, profile.data
     regimes = f" x {len(study.regimes)} regimes" if study.regimes else ""
@@ -339,6 +340,13 @@ def main(args: Any) -> int:
         cpus, gpus = (None, None) if on_cluster else local_resources()
         check_profile(profile, args.profile, cluster_cpus=cpus, cluster_gpus=gpus)
     except Exception as exc:  # noqa: BLE001 - a config error is one line and exit 2
+        return fail_config(args.study, exc)
+    from harness.plugins import PluginError, check_workers
+
+    try:  # before any trial: a plugin block the Ray workers cannot import is a config error, with the reason
+        if not args.dry_run:
+            check_workers(study, args.address)
+    except PluginError as exc:
         return fail_config(args.study, exc)
     from harness.errors import fail_environment
     from harness.preflight import check_writable

@@ -149,9 +149,15 @@ def _run_trial(spec: Mapping[str, Any], out_dir: Path, report_to: Any, checkpoin
     from harness.config import TrainConfig
     from harness.train import fit
 
-    cfg = TrainConfig.model_validate(spec["train"])
-    ckpt_dir = out_dir / "checkpoints"
     extra = {"node_id": ray.get_runtime_context().get_node_id(), **(extra or {})}
+    try:
+        cfg = TrainConfig.model_validate(spec["train"])
+    except ValueError as exc:  # a configuration error: a retry cannot fix it, so the trial ends FAILED, once
+        from harness.errors import summary
+
+        report_to({"final": 1, "status": "FAILED", "reason": f"config: {summary(exc)}", **extra})
+        return
+    ckpt_dir = out_dir / "checkpoints"
     resume = False
     if checkpoint is not None:
         from harness.checkpoint import copy_atomic
@@ -368,8 +374,9 @@ class MlflowCallback(tune.Callback):
             artifacts["fusion_matrices.json"] = json.loads(final["fusion_matrices"])
         if self.tracker.finish_child(run_id, status, summary=summary, tags=tags, artifacts=artifacts):
             self._done.add(key)
-            log.info("done   %-24s %s  best %.1f  last %.1f  [%d/%d trials done]", trial_name(trial), status,
-                     _num(summary["best_top1"]), _num(summary["last_top1"]), len(self._done), self.total)
+            log.info("done   %-24s %s  best %.1f  last %.1f  [%d/%d trials done]%s", trial_name(trial), status,
+                     _num(summary["best_top1"]), _num(summary["last_top1"]), len(self._done), self.total,
+                     f": {final['reason']}" if status == "FAILED" and final.get("reason") else "")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         key, run_id = self._run_id(trial)
@@ -381,8 +388,9 @@ class MlflowCallback(tune.Callback):
         self.tracker.finish_child(run_id, "FAILED", summary={},
                                   tags={"harness.error": "1", "harness.reason": str(reason)[-5000:]})
         self._done.add(key)
-        log.error("error  %-24s after %d attempts: %s", trial_name(trial), trial.num_failures,
-                  str(reason).strip().splitlines()[-1])
+        from harness.errors import last_line
+
+        log.error("error  %-24s after %d attempts: %s", trial_name(trial), trial.num_failures, last_line(str(reason)))
 
 
 def _num(v: Any) -> float:
