@@ -167,7 +167,7 @@ def to_frame(profiles: list[dict], paper: pd.DataFrame | None, sizes: list[int])
     rows = []
     for p in profiles:
         ref = paper.loc[p["row"]] if paper is not None and p["row"] in paper.index else {}
-        r = {"row": p["row"], "block": p["block"], "frames": p["frames"], "params": p["params"],
+        r = {"row": p["row"], "block": p["block"], "frames": p.get("frames"), "params": p["params"],
              "params_m": round(p["params"] / 1e6, 2), "paper_params_m": ref.get("paper_params_m")}
         r["delta_params_m"] = _delta(r["params_m"], r["paper_params_m"])
         for s in sizes:
@@ -200,7 +200,9 @@ SPLIT = ("params_backbone", "params_blocks", "params_head")
 
 def to_markdown(frame: pd.DataFrame, skipped: list[str], frames: int, classes: int,
                 sizes: list[int] | tuple[int, ...] = (112, 224)) -> str:
-    main_cols = [c for c in frame.columns if c not in SPLIT and not c.startswith("gflops_per_frame")]
+    # every row has `frames` here: the convention line states it once
+    main_cols = [c for c in frame.columns
+                 if c not in (*SPLIT, "frames") and not c.startswith("gflops_per_frame")]
     split_cols = ["row", *[c for c in frame.columns if c in SPLIT or c.startswith("gflops_per_frame")]]
     lines = [CONVENTION.format(frames=frames, classes=classes, sizes=", ".join(map(str, sizes))) + ".", "",
              frame[main_cols].astype(object).where(frame[main_cols].notna(), "").to_markdown(index=False),

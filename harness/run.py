@@ -143,7 +143,9 @@ def profile_rows(study: Study, sizes: list[int], profile: str = "paper") -> dict
 
 def profile_metrics(prof: dict[str, Any]) -> dict[str, float]:
     """A row's profile as MLflow metrics (numbers the tables read back)."""
-    out = {"profile_params": prof["params"], "profile_frames": prof["frames"]}
+    out = {"profile_params": prof["params"]}
+    if prof.get("frames") is not None:  # the frames its GFLOPs are counted at
+        out["profile_frames"] = prof["frames"]
     out.update({f"profile_gflops_{s}": v for s, v in prof["gflops"].items()})
     for k in ("fusion_params", "ir_interactions"):
         if prof.get(k) is not None:
@@ -310,7 +312,7 @@ def _plan_text(study: Study, profile_name: str, profile: Profile, trials: list[T
         p = profiles[t.row]
         rows.append({"trial": t.key, "block": t.config.row.block,
                      "options": ", ".join(f"{k}={v}" for k, v in t.config.row.options.items()) or "-",
-                     "paper params (M)": round(p["params"] / 1e6, 2), "profile frames": p["frames"],
+                     "paper params (M)": round(p["params"] / 1e6, 2), "profile frames": p.get("frames"),
                      **{f"GFLOPs@{s}": round(p["gflops"][str(s)], 2) for s in sizes}})
     r, d = profile.recipe, profile.data
     regimes = f" x {len(study.regimes)} regimes" if study.regimes else ""
