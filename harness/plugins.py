@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +60,20 @@ def plugin_rows(study: Study) -> dict[str, str]:
     return {name: row.block for name, row in study.rows.items() if blocks.origin(row.block) != BUILT_IN}
 
 
-def check_workers(study: Study, address: str | None = None, *, timeout: float = 120.0) -> None:
+def check_workers(study: Study, address: str | None = None, *, dry_run: bool = False,
+                  timeout: float = 120.0) -> None:
     """Raise :class:`PluginError` when a Ray worker cannot build a plugin block that a row uses.
 
     Starts Ray (or joins ``address``) for the check only when a row uses a
-    plugin block, and shuts down a Ray it started.
+    plugin block, and shuts down a Ray it started. ``dry_run``: no Ray; a
+    WARNING for each plugin package the start folder would shadow in the workers.
     """
     needed = plugin_rows(study)
     if not needed:
+        return
+    if dry_run:
+        for warning in shadowed(set(needed.values())):
+            log.warning("%s", warning)
         return
     import time
 
@@ -82,6 +90,27 @@ def check_workers(study: Study, address: str | None = None, *, timeout: float = 
                 raise PluginError(("rows", row, "block"), problem)
     log.info("plugin blocks %s: the Ray workers register them as the driver does (checked in %.1f s)",
              ", ".join(sorted(set(needed.values()))), time.perf_counter() - start)
+
+
+def shadowed(block_names: set[str], start: str | Path | None = None) -> list[str]:
+    """What the Ray workers would get wrong, predicted without Ray: plugin packages of these blocks that,
+    with the start folder first on the import path (as Ray puts it), resolve to a namespace folder there."""
+    import blocks
+
+    start = Path(start or os.getcwd()).resolve()
+    out = []
+    for report in blocks.plugins():
+        top = report["module"].split(".")[0]
+        if report["block"] not in block_names:
+            continue
+        spec = PathFinder.find_spec(top, [str(start), *sys.path])
+        places = list(spec.submodule_search_locations or []) if spec is not None and spec.origin is None else []
+        if any(Path(p).resolve() == start / top for p in places):
+            out.append(f"block {report['block']!r} of package {report['package']!r}: the Ray workers would import "
+                       f"{top!r} from {start / top}, a folder without __init__.py in the folder you run from, "
+                       "instead of the installed package (Ray puts that folder on their import path), and find "
+                       "no block; run from another folder, or move the package under src/ (docs/adding-a-block.md)")
+    return out
 
 
 def _survey_nodes(timeout: float) -> dict[str, dict[str, Any]]:

@@ -346,8 +346,7 @@ def main(args: Any) -> int:
     from harness.plugins import PluginError, check_workers
 
     try:  # before any trial: a plugin block the Ray workers cannot import is a config error, with the reason
-        if not args.dry_run:
-            check_workers(study, args.address)
+        check_workers(study, args.address, dry_run=args.dry_run)
     except PluginError as exc:
         return fail_config(args.study, exc)
     from harness.errors import fail_environment

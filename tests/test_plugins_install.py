@@ -40,9 +40,13 @@ def pip_install_editable(python: Path, project: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def run_study(python: Path, folder: Path, *flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run([python, *flags, "-m", "harness.cli", "run", "tiny.yaml", "--max-concurrent", "2"],
+def run_study(python: Path, folder: Path, *flags: str, dry_run: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run([python, *flags, "-m", "harness.cli", "run", "tiny.yaml", "--max-concurrent", "2",
+                           *(["--dry-run"] if dry_run else [])],
                           cwd=folder, env=clean_env(), capture_output=True, text=True, timeout=600)
+
+
+SHADOW_WARNING = "the Ray workers would import 'gate_block' from "
 
 
 @pytest.mark.slow
@@ -52,6 +56,7 @@ def test_a_src_layout_plugin_trains_in_a_study_run_from_the_folder_holding_it(tm
     shutil.copytree(GATE, project)
     pip_install_editable(python, project)
     write_study(tmp_path, synth_root, epochs=1, seeds=1, rows=GATE_ROWS)
+    assert SHADOW_WARNING not in run_study(python, tmp_path, "-P", dry_run=True).stderr
     proc = run_study(python, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "plugin blocks temporal_gate: the Ray workers register them as the driver does" in proc.stderr
@@ -74,6 +79,8 @@ def test_a_flat_layout_shadowed_by_the_start_folder_fails_before_any_trial_with_
 
     # -P: the start folder is not on the driver's import path, as under the `harness` console script;
     # Ray still puts it on the workers' path, where gate_block/ is an empty namespace package.
+    dry = run_study(python, tmp_path, "-P", dry_run=True)  # no Ray: a warning that predicts it
+    assert dry.returncode == 0 and f"{SHADOW_WARNING}{project}, a folder without __init__.py" in dry.stderr
     proc = run_study(python, tmp_path, "-P")
     assert proc.returncode == 2, proc.stderr[-3000:]
     error = proc.stderr.strip().splitlines()[-1]
