@@ -32,8 +32,10 @@ from torch.utils import benchmark
 
 import blocks
 
-from .config import Row, load_study
+from . import names
+from .config import Profile, Row, Study, load_study
 from .profile import profile_row
+from .trial import TrialSpec
 
 log = logging.getLogger(__name__)
 
@@ -212,18 +214,17 @@ def bench_data(study_path: str, *, profile: str = "laptop", row: str | None = No
 # ----------------------------------------------------------------------------- harness overhead
 
 
-def _fit_one(spec: dict[str, Any], out_dir: str) -> dict[str, Any]:
+def _fit_one(spec: TrialSpec, out_dir: str) -> dict[str, Any]:
     """One trial in a pool process, the way ``harness train`` runs it: :func:`harness.train.fit`, nothing else."""
-    from .config import TrainConfig
     from .train import fit
 
     start = time.perf_counter()
-    result = fit(TrainConfig.model_validate(spec["train"]), out_dir)
-    return {"key": spec["key"], "seconds": time.perf_counter() - start, "status": result.status,
+    result = fit(spec.config, out_dir)
+    return {"key": spec.key, "seconds": time.perf_counter() - start, "status": result.status,
             "last_top1": result.last_top1}
 
 
-def _plain_loop(trials: list, out: Path, concurrency: int) -> dict[str, Any]:
+def _plain_loop(trials: list[TrialSpec], out: Path, concurrency: int) -> dict[str, Any]:
     """The baseline: the same trials in a pool of ``concurrency`` fresh (spawned) processes; no Ray, no MLflow."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -232,51 +233,47 @@ def _plain_loop(trials: list, out: Path, concurrency: int) -> dict[str, Any]:
     start = time.perf_counter()
     # spawn, as Ray's workers are fresh processes: nothing inherited from this one's torch state
     with ProcessPoolExecutor(concurrency, mp_context=multiprocessing.get_context("spawn")) as pool:
-        done = list(pool.map(_fit_one, [t.spec() for t in trials], dirs))
+        done = list(pool.map(_fit_one, trials, dirs))
     return {"wall_s": time.perf_counter() - start, "trials": {d["key"]: d for d in done}}
 
 
-def _ray_tune(study, profile_name: str, profile, trials: list, out: Path, concurrency: int) -> dict[str, Any]:
-    """The trials as ``harness run`` runs them (harness.run.execute, less profiling and tables):
-    MLflow parent and child runs with params and trial.yaml, a local Ray, Tune with the MLflow callback,
-    a checkpoint reported per epoch; store and Ray storage under ``out``."""
-    import yaml
-
-    from . import tune as tuning
-    from .tracking import Tracker, flatten
+def _ray_tune(study: Study, profile_name: str, profile: Profile, trials: list[TrialSpec], out: Path,
+              concurrency: int) -> dict[str, Any]:
+    """The trials as ``harness run`` runs them (harness.study.engine, less profiling and tables): an MLflow
+    parent run, a local Ray, Tune with the MLflow callback (which makes each child run with its params and
+    trial.yaml), a checkpoint reported per epoch; store and Ray storage under ``out``."""
+    from .study.plan import parent_params
+    from .tracking import Tracker
+    from .tune.callback import MlflowCallback
+    from .tune.grid import run_trials
+    from .tune.session import session
 
     start = time.perf_counter()
     tracker = Tracker(f"sqlite:///{(out / 'mlflow.db').resolve().as_posix()}")
     tracker.prepare()
     parent = tracker.start_parent(study.name, profile_name, tags={"harness.bench": "1"},
-                                  params={"trials": len(trials), **flatten(profile.model_dump(mode="json"))})
-    children = tracker.ensure_children(parent, [{
-        "key": t.key, "name": f"{t.label} seed{t.seed}", "tags": t.tags,
-        "params": flatten(t.config.model_dump(mode="json"))} for t in trials])
-    for t in trials:
-        tracker.log_text(children[t.key], yaml.safe_dump(t.config.model_dump(mode="json"), sort_keys=False),
-                         "trial.yaml")
+                                  params={"trials": len(trials), **parent_params(study, profile_name, profile)})
     mlflow_s = time.perf_counter() - start
-    with tuning.session(num_cpus=math.ceil(concurrency * profile.resources.cpu)):
+    with session(num_cpus=math.ceil(concurrency * profile.resources.cpu)):
         ray_start_s = time.perf_counter() - start - mlflow_s
         t0 = time.perf_counter()
-        tuning.run_trials([t.spec() for t in trials], storage=out, name="ray",
-                          resources=profile.resources.model_dump(), max_concurrent=concurrency,
-                          callback=tuning.MlflowCallback(tracker.uri, parent, total=len(trials)))
+        run_trials(trials, experiment=str((out / "ray").resolve()), resources=profile.resources,
+                   max_concurrent=concurrency, callback=MlflowCallback(tracker.uri, parent, total=len(trials)))
         tune_s = time.perf_counter() - t0
     tracker.finish(parent, "FINISHED")
     wall = time.perf_counter() - start
     runs = tracker.children(parent)
     return {"wall_s": wall, "mlflow_setup_s": mlflow_s, "ray_start_s": ray_start_s, "tune_s": tune_s,
-            "trials": {k: {"status": r.info.status, "last_top1": r.data.metrics.get("last_top1")}
+            "trials": {k: {"status": r.status, "last_top1": r.metrics.get(names.LAST_TOP1)}
                        for k, r in runs.items()}}
 
 
 def harness_trials(study_path: str, *, profile: str = "laptop", rows: tuple[str, ...] = ("TSN", "TSM", "Ours"),
-                   trials: int = 6, epochs: int | None = None) -> tuple[Any, Any, list]:
+                   trials: int = 6, epochs: int | None = None) -> tuple[Study, Profile, list[TrialSpec]]:
     """(study, resolved profile, trials): the rows repeated over seeds, as ``harness run`` plans them."""
     from .config import Recipe
-    from .run import plan, resolve_profile
+    from .study.grid import plan
+    from .study.plan import resolve_profile
 
     if trials < 1:
         raise ValueError(f"--trials must be at least 1, got {trials}")
@@ -288,10 +285,10 @@ def harness_trials(study_path: str, *, profile: str = "laptop", rows: tuple[str,
     prof = resolve_profile(study, profile, seeds=math.ceil(trials / len(rows)))
     if epochs is not None:  # validated like the YAML value
         prof.recipe = Recipe.model_validate({**prof.recipe.model_dump(), "epochs": epochs})
-    return study, prof, plan(study, profile, prof)[:trials]
+    return study, prof, plan(study, profile, prof).trials[:trials]
 
 
-def bench_harness(study, profile_name: str, profile, trials: list, *,
+def bench_harness(study: Study, profile_name: str, profile: Profile, trials: list[TrialSpec], *,
                   concurrency: int | None = None) -> dict[str, Any]:
     """The same trials through Ray Tune + MLflow and through a plain process pool of equal concurrency.
 
@@ -372,7 +369,7 @@ def main(args) -> int:
             print(f"Ray Tune + MLflow vs a plain loop ({machine()}).\n\n{harness_markdown(result)}")
         return 0
     if args.bench_command == "report":
-        from .tables import write_atomic
+        from .files import write_atomic
 
         sections = {Path(p).stem: Path(p).read_text(encoding="utf-8") for p in args.sections}
         print(write_atomic(report_markdown(sections), args.out))

@@ -6,24 +6,21 @@ checkpoint never runs code from the file. Random-number states are converted
 to tensors and lists for that reason (numpy's and Python's states are tuples
 of foreign types that the safe unpickler refuses).
 
-Writes go to a temporary file in the same folder, are flushed to disk, and
-then replace the target with ``os.replace``. A crash or a failed epoch
-therefore leaves either the old file or the new one, never half of each.
+Writes go through :func:`harness.files.write_atomic` (a temporary file,
+fsynced, then renamed over the target): a crash or a failed epoch leaves the
+old file or the new one, never half of each.
 """
 from __future__ import annotations
 
 import logging
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from harness.errors import named
+from harness.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -32,39 +29,7 @@ FORMAT = 1  # bumped when the layout of the dict changes
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` to ``path`` so that readers see the old or the new file, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:  # a full disk: name the checkpoint, not the temp file
-        Path(tmp).unlink(missing_ok=True)
-        raise named(e, path) from e
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def copy_atomic(src: str | Path, dst: str | Path) -> Path:
-    """Copy a finished checkpoint (``last.pt`` -> ``best.pt``) with the same all-or-nothing rule."""
-    dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise named(e, dst) from e
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dst
+    return write_atomic(lambda f: torch.save(state, f), path)
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -11,10 +11,35 @@ A study file::
     paper: results/paper/table1.csv
     profiles:
       laptop: {backbone: {...}, data: {...}, recipe: {...}, seeds: 2}
-      paper:  {...}
+      paper:  {backbone: {arch: resnet50, pretrained: {resnet50: ${IMAGENET_R50}, resnet101: ${IMAGENET_R101}}},
+               data: {...}, recipe: {...}, provenance: {...}}
+      ssv2:   {extends: paper, data: {format: sthv2, root: ${STHV2_ROOT}, annotations: ${STHV2_ANNOTATIONS}}}
     rows:
       TSN: {block: tsn}
+      GST-R101: {block: gst, backbone: resnet101}
       Ours: {block: vps, proportion: 0.25}
+
+Profiles are the user's: any name (letters, digits, ``_ - .``). ``extends: <profile>``
+starts from another profile of the file: ``backbone``, ``data``, ``recipe``,
+``resources`` and ``provenance`` are merged one level deep (a key given
+replaces the base's, nested sections such as ``data.synth`` whole), every other
+key (``seeds``) replaces the base's. A recipe key the profile changes does not
+inherit the base's provenance entry. Resolution happens when the file is
+loaded: every later module sees complete profiles, and ``Profile.extends`` only
+records the lineage (:func:`lineage`), which row ``data`` overrides and search
+budgets of the base also follow.
+
+Provenance is required where a table compares with the paper's figures: in a
+study with a ``paper:`` CSV, the profile named ``paper`` and every profile that
+extends it (directly or not) must say where each recipe value comes from.
+Elsewhere a missing entry is ``unstated`` (:meth:`Profile.recipe_sources`).
+
+Backbones: a profile whose ``backbone.arch`` is a paper ResNet trains each row
+on the row's own ``backbone`` when the row names one (GST-R101: resnet101),
+else on the profile's arch; a ``tiny`` profile (laptop) trains every row on its
+tiny ResNet, by design (:func:`trained_backbone`, :func:`backbone_differs`).
+``backbone.pretrained`` is one path (the weights of ``arch``) or one path per
+arch; every arch a row trains needs its entry when any is given.
 
 A ``kind: search`` study has one row and a ``search:`` section (:class:`Search`):
 the space Optuna samples around that row, the objective and a budget per profile
@@ -25,19 +50,47 @@ row and seed.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from harness.data.synth import SIZE_RANGE, SPEED_RANGE  # the generator owns its full ranges
+# The synthetic generator's full ranges (harness.data.synth draws from them): object side / frame side and
+# displacement per frame / frame side. Defined here, as the schema's defaults; synth imports them.
+SIZE_RANGE = (0.12, 0.32)
+SPEED_RANGE = (0.015, 0.06)
+
+
+class ConfigError(ValueError):
+    """A value that is wrong where it stands; ``keys`` is its path (from the model that raised it, or the file).
+
+    Raised inside a validator, pydantic keeps it as the error's ``ctx["error"]``,
+    so :func:`harness.errors.describe` can point at the line of the key itself.
+    """
+
+    def __init__(self, keys: tuple, message: str):
+        super().__init__(f"{'.'.join(map(str, keys))}: {message}" if keys else message)
+        self.keys, self.message = keys, message
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+def _close(name: Any, valid: Any) -> str:
+    """``; did you mean 'x'?`` for the closest of ``valid``, or nothing."""
+    close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+Arch = Literal["resnet50", "resnet101", "tiny"]
+ARCHS: tuple[str, ...] = get_args(Arch)
 
 
 class Backbone(Strict):
@@ -46,13 +99,52 @@ class Backbone(Strict):
     ``resnet50`` / ``resnet101`` are the paper's backbones (torchvision layout).
     ``tiny`` is the laptop backbone: bottlenecks with ``width`` base channels and
     ``depths`` blocks per stage, and a 3x3 stride-1 stem without max-pool.
+
+    ``pretrained``: a torchvision-format ImageNet checkpoint, as one path (the
+    weights of ``arch``) or one path per arch, for a profile whose rows train
+    several (``{resnet50: ${IMAGENET_R50}, resnet101: ${IMAGENET_R101}}``). A
+    trial's backbone (:class:`TrainConfig`) always holds the one path of its arch.
     """
 
-    arch: Literal["resnet50", "resnet101", "tiny"] = "resnet50"
+    arch: Arch = "resnet50"
     width: int = Field(64, ge=1)
     depths: list[int] | None = None
     stem_stride: Literal[1, 2] = 1  # tiny only: stride of its 3x3 stem
-    pretrained: str | None = None  # path to a torchvision-format ImageNet checkpoint
+    pretrained: str | dict[Arch, str] | None = None
+
+    @field_validator("pretrained", mode="before")
+    @classmethod
+    def _path_or_one_per_arch(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for arch, path in value.items():
+                if arch not in ARCHS:
+                    raise ConfigError((arch,), f"not a backbone{_close(arch, ARCHS)}; weights are named by arch: "
+                                               f"{', '.join(ARCHS)}")
+                if not isinstance(path, str):
+                    raise ConfigError((arch,), f"give the path of the {arch} checkpoint, got {path!r}")
+        elif value is not None and not isinstance(value, str):
+            raise ValueError("give a checkpoint path, or one per arch: {resnet50: PATH, resnet101: PATH}")
+        return value
+
+    def weights(self, arch: str) -> str | None:
+        """The checkpoint for ``arch``: None without ``pretrained``; ValueError when it names other archs only."""
+        if not self.pretrained:
+            return None
+        named = self.pretrained if isinstance(self.pretrained, dict) else {self.arch: self.pretrained}
+        if arch not in named:
+            raise ValueError(f"names ImageNet weights for {', '.join(named)} only; give one path per backbone, "
+                             f"e.g. {{resnet50: ${{IMAGENET_R50}}, resnet101: ${{IMAGENET_R101}}}}")
+        return named[arch]
+
+    def for_arch(self, arch: str) -> "Backbone":
+        """This backbone as ``arch`` with that arch's one checkpoint path (a trial's backbone)."""
+        return self.model_copy(update={"arch": arch, "pretrained": self.weights(arch)})
+
+    def map_paths(self, fn: Callable[[str], str]) -> "Backbone":
+        """A copy with ``fn`` applied to every checkpoint path (e.g. made absolute)."""
+        p = self.pretrained
+        mapped = {a: fn(v) for a, v in p.items()} if isinstance(p, dict) else None if p is None else fn(p)
+        return self.model_copy(update={"pretrained": mapped})
 
     def create_kwargs(self) -> dict[str, Any]:
         """The ``backbone`` argument of :func:`blocks.create`."""
@@ -219,25 +311,20 @@ class RowData(Strict):
         return merged
 
 
-class RowError(ValueError):
-    """A row's block or option is wrong; ``key`` is the option at fault, so the error points at its line."""
-
-    def __init__(self, message: str, key: str | None = None):
-        super().__init__(message)
-        self.key = key
-
-
 class Row(Strict):
     """A table row: a registered block and its constructor options."""
 
     model_config = ConfigDict(extra="allow")
     block: str
-    # The paper backbone of this row (GST-R101); the laptop profile keeps its tiny backbone.
+    # The paper backbone of this row (GST-R101: resnet101), which its params / GFLOPs are counted on. Named
+    # here, it is also what the row trains under a profile on a paper ResNet; a tiny profile (laptop) keeps its
+    # tiny backbone for every row, by design. Unnamed, the row trains the profile's arch (trained_backbone).
     backbone: Literal["resnet50", "resnet101"] = "resnet50"
     # Recipe keys this row changes (Table 2: the loss weights alpha, beta); same for every profile.
     recipe: dict[str, Any] = Field(default_factory=dict)
     # Data keys this row changes, per profile: a row's "16 frames at 224" is 8 frames at 28 px on the laptop.
-    data: dict[Literal["laptop", "paper"], RowData] = Field(default_factory=dict)
+    # A profile that extends another takes the base's entry unless it has its own (row_data).
+    data: dict[str, RowData] = Field(default_factory=dict)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -250,7 +337,8 @@ class Row(Strict):
         try:
             blocks.check(self.block, self.options)
         except (KeyError, TypeError) as exc:  # pydantic reports ValueError only
-            raise RowError(exc.args[0], getattr(exc, "option", None)) from None
+            option = getattr(exc, "option", None)  # blocks.registry.OptionError: point at the option's line
+            raise ConfigError((option,) if option else (), exc.args[0]) from None
         unknown = set(self.recipe) - set(Recipe.model_fields)
         if unknown:
             raise ValueError(f"recipe has no key(s) {sorted(unknown)}; valid: {sorted(Recipe.model_fields)}")
@@ -261,6 +349,10 @@ SOURCES = ("paper", "reference-code", "assumed")
 
 
 class Profile(Strict):
+    """How a study runs: backbone, data, recipe, seeds, resources; ``extends`` is resolved at load time."""
+
+    # The profile this one was built from (merged when the file is loaded; kept as the lineage).
+    extends: str | None = None
     backbone: Backbone
     data: Data
     recipe: Recipe = Recipe()
@@ -268,6 +360,10 @@ class Profile(Strict):
     resources: Resources = Resources()
     # Where each recipe value comes from: "paper: <section or table>", "reference-code: <repo>" or "assumed: <why>".
     provenance: dict[str, str] = Field(default_factory=dict)
+
+    def recipe_sources(self) -> dict[str, str]:
+        """Every recipe key's source, ``unstated`` where the profile does not say."""
+        return {k: self.provenance.get(k, "unstated") for k in Recipe.model_fields}
 
     @field_validator("provenance")
     @classmethod
@@ -314,7 +410,7 @@ class SearchParam(Strict):
     A plain list is a ``choice``. ``or_zero`` (log-uniform only) also tries
     exactly 0, which no log scale holds: Optuna gets a categorical
     ``<name>_zero`` (False/True) beside a log-uniform ``<name>_log``, and the
-    trial uses 0 when ``<name>_zero`` is True (``harness.search.decode``).
+    trial uses 0 when ``<name>_zero`` is True (``harness.space.decode``).
     """
 
     choice: list[str | int | float | bool] | None = None
@@ -378,7 +474,8 @@ class Search(Strict):
     # The configuration the paper chose (values of space keys), marked on the Pareto front.
     reference: dict[str, Any] = Field(default_factory=dict)
     top_k: int = Field(10, ge=1)  # lines of the results table
-    budget: dict[Literal["laptop", "paper"], SearchBudget]
+    # Per profile; a profile without one takes the budget of the profile it extends.
+    budget: dict[str, SearchBudget]
 
     @model_validator(mode="after")
     def _reference_in_space(self) -> "Search":
@@ -417,6 +514,10 @@ def check_search(search: Search, rows: dict[str, Row], profiles: dict[str, Profi
                         Recipe.model_validate({**prof.recipe.model_dump(), **row.recipe, key: value})
             except Exception as exc:  # noqa: BLE001 - any refusal is the value's fault; say which
                 raise ValueError(f"space.{key}: value {value!r} is refused: {str(exc).splitlines()[0]}") from None
+    for name in profiles:  # a profile that extends another spends the base's budget unless it has its own
+        inherited = next((search.budget[n] for n in lineage(profiles, name) if n in search.budget), None)
+        if inherited is not None:
+            search.budget.setdefault(name, inherited)
     missing = [p for p in profiles if p not in search.budget]
     if missing:
         raise ValueError(f"budget: give a budget for every profile; missing: {', '.join(missing)}")
@@ -433,7 +534,7 @@ class Study(Strict):
     kind: Literal["table", "search", "probe"] = "table"
     paper: str | None = None  # CSV of the paper's figures, results/paper/*.csv
     num_classes: int = Field(174, ge=2)  # of the paper's dataset; profile uses it
-    profiles: dict[Literal["laptop", "paper"], Profile]
+    profiles: dict[str, Profile]  # any names; "laptop" and "paper" are the shipped ones
     rows: dict[str, Row]
     # Probe studies: named train/test conditions; the runner will expand rows x regimes x seeds.
     regimes: dict[str, Regime] | None = None
@@ -442,8 +543,25 @@ class Study(Strict):
     paper_epoch: Literal["best", "last", "unstated"] = "unstated"
     # The study's PNG: top-1 against GFLOPs (tables), or the ||T_ij||_1 heatmaps of Fig. 5 (harness.plots).
     figure: Literal["accuracy_vs_gflops", "fusion_matrices"] = "accuracy_vs_gflops"
-    # kind: search only: the space Optuna samples around the one row, objective, budgets (harness.search).
+    # kind: search only: the space Optuna samples around the one row, objective, budgets (harness.study.search).
     search: Search | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_extends(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("profiles"), dict):
+            return {**data, "profiles": resolve_profiles(data["profiles"])}
+        return data
+
+    @field_validator("profiles")
+    @classmethod
+    def _profile_names(cls, profiles: dict[str, Profile]) -> dict[str, Profile]:
+        if not profiles:
+            raise ValueError("a study needs at least one profile (see studies/table1.yaml)")
+        for name in profiles:  # a profile's name becomes part of trial keys, MLflow names and folders
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise ConfigError((name,), "profile names may hold letters, digits, '_', '-' and '.' only")
+        return profiles
 
     @field_validator("search")
     @classmethod
@@ -481,24 +599,130 @@ class Study(Strict):
     @model_validator(mode="after")
     def _row_data_fits_its_profile(self) -> "Study":
         for name, row in self.rows.items():
-            for profile, override in row.data.items():
+            for profile in row.data:
                 if profile not in self.profiles:
-                    raise ValueError(f"rows.{name}.data names profile {profile!r}, which this study does not have")
+                    raise ConfigError(("rows", name, "data", profile), f"names profile {profile!r}, which this "
+                                      f"study does not have{_close(profile, self.profiles)}")
+            for profile in self.profiles:
                 try:
-                    override.apply(self.profiles[profile].data)
+                    row_data(self, profile, name)
                 except ValueError as exc:
-                    raise ValueError(f"rows.{name}.data.{profile}: {exc}") from None
+                    source = next(n for n in lineage(self.profiles, profile) if n in row.data)
+                    raise ConfigError(("rows", name, "data", source), str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _every_trial_has_its_weights(self) -> "Study":
+        for profile, prof in self.profiles.items():
+            for row in self.rows:
+                arch = trained_backbone(self, profile, row)
+                try:
+                    prof.backbone.weights(arch)
+                except ValueError as exc:
+                    raise ConfigError(("profiles", profile, "backbone", "pretrained"),
+                                      f"rows.{row} trains {arch}, but this {exc}") from None
         return self
 
     @model_validator(mode="after")
     def _paper_recipe_is_traceable(self) -> "Study":
-        paper = self.profiles.get("paper")
-        if paper is not None:
-            missing = [k for k in Recipe.model_fields if k not in paper.provenance]
-            if missing:
-                raise ValueError(f"profiles.paper.provenance: say where each recipe value comes from; "
-                                 f"missing: {', '.join(missing)}")
+        for name, prof in self.profiles.items():
+            missing = [k for k in Recipe.model_fields if k not in prof.provenance]
+            if missing and compares_with_paper(self, name):
+                hint = (f" (a recipe key it changes from {prof.extends!r} needs its own entry)"
+                        if prof.extends else "")
+                raise ConfigError(("profiles", name, "provenance"),
+                                  f"say where each recipe value comes from, as this profile"
+                                  f" is compared with the paper's figures{hint}; missing: {', '.join(missing)}")
         return self
+
+
+def lineage(profiles: dict[str, Profile], name: str) -> list[str]:
+    """``name`` and the profiles it extends, nearest first: ``["ssv2", "paper"]``."""
+    out = [name]
+    while (base := profiles[out[-1]].extends) is not None and base in profiles and base not in out:
+        out.append(base)
+    return out
+
+
+def compares_with_paper(study: Study, profile: str) -> bool:
+    """Whether the tables of ``profile`` are read against the paper's figures: the study has a ``paper:`` CSV
+    and the profile is ``paper`` or extends it. Such a profile must state every recipe value's provenance."""
+    return study.paper is not None and "paper" in lineage(study.profiles, profile)
+
+
+def trained_backbone(study: Study, profile: str, row: str) -> str:
+    """The arch the row's trials train under ``profile``: ``tiny`` under a tiny profile (every row, by design);
+    else the row's own backbone when it names one (GST-R101: resnet101), else the profile's arch."""
+    arch = study.profiles[profile].backbone.arch
+    spec = study.rows[row]
+    return arch if arch == "tiny" or "backbone" not in spec.model_fields_set else spec.backbone
+
+
+def trained_archs(study: Study, profile: str) -> set[str]:
+    """Every arch the rows of ``profile`` train: the ImageNet weights a run of it needs."""
+    return {trained_backbone(study, profile, row) for row in study.rows}
+
+
+def backbone_differs(study: Study, profile: str, row: str) -> bool:
+    """Whether the row trains another backbone under ``profile`` than the one its params and GFLOPs are
+    counted on, beyond what the whole profile says: a row that names its own backbone and gets the tiny
+    one (GST-R101 on the laptop, same trial as GST), or a row that trains a paper profile's other arch.
+    For a table note; under a tiny profile, every row that names no backbone is told by the header."""
+    spec = study.rows[row]
+    trained = trained_backbone(study, profile, row)
+    named = "backbone" in spec.model_fields_set
+    return trained != spec.backbone and (named or trained != "tiny")
+
+
+# ----------------------------------------------------------------------------- profile inheritance
+
+MERGED = ("backbone", "data", "recipe", "resources", "provenance")  # merged one level deep; other keys replace
+
+
+def resolve_profiles(profiles: dict[str, Any]) -> dict[str, Any]:
+    """Raw profiles with every ``extends`` merged in (see the module docstring); ConfigError names the key."""
+    out: dict[str, Any] = {}
+    for name in profiles:
+        _resolve(profiles, name, out, ())
+    return out
+
+
+def _resolve(profiles: dict[str, Any], name: str, out: dict[str, Any], chain: tuple[str, ...]) -> Any:
+    if name in out:
+        return out[name]
+    raw = profiles[name]
+    base = raw.get("extends") if isinstance(raw, dict) else None
+    if base is None:
+        out[name] = raw
+        return raw
+    keys = ("profiles", name, "extends")
+    if not isinstance(base, str) or base not in profiles:
+        raise ConfigError(keys, f"no profile {base!r} to extend{_close(base, profiles)}; "
+                                f"this study has {', '.join(map(str, profiles))}")
+    if base in (*chain, name):
+        raise ConfigError(keys, f"profiles extend each other in a circle: {' -> '.join((*chain, name, base))}")
+    out[name] = _merge(_resolve(profiles, base, out, (*chain, name)), raw)
+    return out[name]
+
+
+def _merge(base: Any, child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` over ``base``: one level deep for :data:`MERGED`, replaced otherwise."""
+    base = base.model_dump() if isinstance(base, BaseModel) else base
+    if not isinstance(base, dict):
+        return child
+    merged = {**base, **child}
+    for key in MERGED:
+        if isinstance(base.get(key), dict) and isinstance(child.get(key), dict):
+            merged[key] = {**base[key], **child[key]}
+    b, c = base.get("backbone"), child.get("backbone")
+    if isinstance(b, dict) and isinstance(c, dict) and "arch" in c and isinstance(b.get("pretrained"), str) \
+            and "pretrained" not in c:  # one path names the base arch's weights, not the new arch's
+        merged["backbone"]["pretrained"] = {b.get("arch", "resnet50"): b["pretrained"]}
+    changed = set(child["recipe"]) if isinstance(child.get("recipe"), dict) else set()
+    own = child.get("provenance") if isinstance(child.get("provenance"), dict) else {}
+    if isinstance(merged.get("provenance"), dict):  # a changed recipe value's source is the child's to give
+        merged["provenance"] = {k: v for k, v in merged["provenance"].items() if k not in changed or k in own}
+    return merged
 
 
 class TrainConfig(Strict):
@@ -511,20 +735,34 @@ class TrainConfig(Strict):
     row: Row
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _one_checkpoint(self) -> "TrainConfig":
+        """A trial trains one arch: ``backbone.pretrained`` becomes that arch's one path."""
+        if isinstance(self.backbone.pretrained, dict):
+            try:
+                self.backbone = self.backbone.for_arch(self.backbone.arch)
+            except ValueError as exc:
+                raise ConfigError(("backbone", "pretrained"), f"the backbone is {self.backbone.arch}, but this {exc}")
+        return self
+
 
 def trial_config(study: Study, profile: str, row: str, seed: int) -> TrainConfig:
-    """The resolved trial of one row x seed: the profile's recipe with the row's recipe keys applied."""
+    """The resolved trial of one row x seed: the row's trained backbone (:func:`trained_backbone`) with its
+    checkpoint, the profile's data and recipe with the row's keys applied."""
     prof = study.profiles[profile]
     spec = study.rows[row]
     recipe = Recipe.model_validate({**prof.recipe.model_dump(), **spec.recipe})
-    return TrainConfig(name=f"{study.name}/{profile}/{row}/seed{seed}", backbone=prof.backbone,
+    backbone = prof.backbone.for_arch(trained_backbone(study, profile, row))
+    return TrainConfig(name=f"{study.name}/{profile}/{row}/seed{seed}", backbone=backbone,
                        data=row_data(study, profile, row), recipe=recipe, row=spec, seed=seed)
 
 
 def row_data(study: Study, profile: str, row: str) -> Data:
-    """The profile's ``data`` with the row's overrides for that profile (frames, size, test views)."""
+    """The profile's ``data`` with the row's overrides for that profile, or for the nearest profile it
+    extends (frames, size, test views)."""
     data = study.profiles[profile].data
-    override = study.rows[row].data.get(profile)
+    spec = study.rows[row]
+    override = next((spec.data[n] for n in lineage(study.profiles, profile) if n in spec.data), None)
     return override.apply(data) if override is not None else data
 
 
@@ -551,9 +789,21 @@ _NoDuplicateKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 
 def read_yaml(path: str | Path) -> Any:
-    """``yaml.safe_load`` semantics plus duplicate-key errors; no Python tags."""
-    with open(path, encoding="utf-8") as f:
-        return yaml.load(f, Loader=_NoDuplicateKeys)  # noqa: S506 - SafeLoader subclass
+    """``yaml.safe_load`` semantics plus duplicate-key errors; no Python tags. A file that is not UTF-8
+    text is a :class:`ConfigError` (one line), not a decoder's message."""
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError((), f"not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); a study or train "
+                              "file is YAML saved as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_NoDuplicateKeys)  # noqa: S506 - SafeLoader subclass
+    except yaml.reader.ReaderError as exc:  # decodable, but a control character: a binary file
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError((), f"not UTF-8 text (character #x{exc.character:04x} on line {line}, which YAML "
+                              "does not allow); a study or train file is YAML saved as UTF-8") from None
 
 
 def expand_env(value: Any) -> Any:
@@ -568,8 +818,43 @@ def expand_env(value: Any) -> Any:
 
 
 def load_study(path: str | Path) -> Study:
-    return Study.model_validate(expand_env(read_yaml(path)))
+    """A study file (``harness run``); a train file (``row:``, no ``rows:``) is a ConfigError saying so."""
+    raw = read_yaml(path)
+    if isinstance(raw, dict) and "row" in raw and "rows" not in raw:
+        raise ConfigError((), f"this is a train config (row:, not rows:); use `harness train {path}`")
+    return Study.model_validate(expand_env(raw))
 
 
 def load_train(path: str | Path) -> TrainConfig:
-    return TrainConfig.model_validate(expand_env(read_yaml(path)))
+    """A train file (``harness train``); a study (``rows:``, no ``row:``) is a ConfigError saying so."""
+    raw = read_yaml(path)
+    if isinstance(raw, dict) and "rows" in raw and "row" not in raw:
+        raise ConfigError((), f"this is a study (rows:, not row:); use `harness run {path}`")
+    return TrainConfig.model_validate(expand_env(raw))
+
+
+def valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys of the section at ``loc`` (a pydantic error location under ``model``); [] when it is not a
+    section with fixed keys. For an unknown-key error: what the user could have meant."""
+    tp: Any = model
+    for part in loc:
+        tp = _section(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            field = tp.model_fields.get(str(part))
+            if field is None:
+                return []
+            tp = field.annotation
+        elif get_origin(tp) in (dict, list):
+            tp = get_args(tp)[-1]
+        else:
+            return []
+    tp = _section(tp)
+    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+
+
+def _section(tp: Any) -> Any:
+    """``X | None`` -> ``X`` (the model or container member of a union)."""
+    if get_origin(tp) in (Union, types.UnionType):
+        members = [a for a in get_args(tp) if a is not type(None)]
+        return next((a for a in members if isinstance(a, type) and issubclass(a, BaseModel)), members[0])
+    return tp

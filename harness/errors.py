@@ -2,6 +2,7 @@
 Environment (disk full, no permission): ``error: <path>: <reason>; <what to do>``."""
 from __future__ import annotations
 
+import difflib
 import errno
 import logging
 import sys
@@ -15,7 +16,7 @@ def _line_of(path: str | Path, keys: tuple) -> int | None:
     """Line (1-based) of a key path in a YAML file, or of its deepest existing parent."""
     try:
         node = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8
         return None
     line = None
     for key in keys:
@@ -40,20 +41,19 @@ def setup_error(exc: BaseException) -> str | None:
     return next((str(c) for c in causes if isinstance(c, registry.DuplicateBlock)), None)
 
 
-def _validation_keys(err: dict) -> tuple:
-    """The key path of one pydantic error, down to the option a row's error names (``rows.TSM.fold_div``)."""
-    keys = tuple(k for k in err["loc"] if not str(k).startswith("function-after"))
-    option = getattr((err.get("ctx") or {}).get("error"), "key", None)  # harness.config.RowError
-    return (*keys, option) if option else keys
-
-
 def summary(exc: BaseException) -> str:
     """One line for a config error without a file (a trial's config): ``key: message``, never pydantic's URL."""
     if isinstance(exc, ValidationError):
         err = exc.errors()[0]
-        keys = _validation_keys(err)
-        return f"{'.'.join(map(str, keys)) or '(top level)'}: {err['msg'].removeprefix('Value error, ')}"
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        keys = tuple(k for k in err["loc"] if not str(k).startswith("function-"))
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(getattr(cause, "keys", None), tuple):  # a ConfigError names the key under the loc
+            keys, msg = keys + cause.keys, getattr(cause, "message", str(cause))
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        return f"{'.'.join(map(str, keys)) or '(top level)'}: {msg}"
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # KeyError quotes its str
+    return (text.strip().splitlines() or [type(exc).__name__])[0]
 
 
 def last_line(traceback: str) -> str:
@@ -63,24 +63,47 @@ def last_line(traceback: str) -> str:
     return lines[-1] if lines else ""
 
 
+def _at(path: str | Path, keys: tuple, message: str) -> str:
+    """``<file>[:<line>]: [<key>: ]<message>``."""
+    line = _line_of(path, keys) if keys else None
+    key = f"{'.'.join(map(str, keys))}: " if keys else ""
+    return f"{path}{f':{line}' if line else ''}: {key}{message}"
+
+
+def _unknown_key(title: str, loc: tuple) -> str:
+    """What to say about an unknown key: the closest valid one and all of them."""
+    from harness import config
+
+    model = getattr(config, title, None)
+    valid = config.valid_keys(model, loc[:-1]) if isinstance(model, type) else []
+    if not valid:
+        return "unknown key; remove it or check its spelling"
+    close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+    return f"unknown key; {f'did you mean {close[0]!r}? ' if close else ''}valid keys: {', '.join(valid)}"
+
+
+def _validation(path: str | Path, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    keys = tuple(k for k in err["loc"] if not str(k).startswith("function-"))
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(getattr(cause, "keys", None), tuple):  # a ConfigError: the key it names, under the loc
+        return _at(path, keys + cause.keys, getattr(cause, "message", str(cause)))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = _unknown_key(exc.title, keys)
+    return _at(path, keys, msg) if keys else f"{path}: (top level): {msg}"
+
+
 def describe(path: str | Path, exc: BaseException) -> str:
     """The one line for an exception raised while loading a config file."""
     setup = setup_error(exc)
     if setup is not None:
         return setup
     if isinstance(exc, ValidationError):
-        err = exc.errors()[0]
-        keys = _validation_keys(err)
-        key = ".".join(str(k) for k in keys) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key; remove it or check its spelling"
-        line = _line_of(path, keys)
-        return f"{path}{f':{line}' if line else ''}: {key}: {msg}"
+        return _validation(path, exc)
     keys = getattr(exc, "keys", None)
-    if isinstance(keys, tuple):  # a PreflightError: a key path and a message
-        line = _line_of(path, keys)
-        return f"{path}{f':{line}' if line else ''}: {'.'.join(map(str, keys))}: {exc}"
+    if isinstance(keys, tuple):  # a ConfigError or PreflightError: a key path and a message
+        return _at(path, keys, getattr(exc, "message", str(exc)))
     if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
         problem = exc.problem or exc.context or "invalid YAML"
         if "python/" in str(problem) or "could not determine a constructor" in str(problem):
@@ -88,7 +111,8 @@ def describe(path: str | Path, exc: BaseException) -> str:
         return f"{path}:{exc.problem_mark.line + 1}: yaml: {problem}"
     if isinstance(exc, OSError):
         return f"{path}: file: {exc.strerror or exc}"
-    return f"{path}: {type(exc).__name__}: {exc}"
+    first = (str(exc).strip().splitlines() or [""])[0]  # one line, whatever the exception
+    return f"{path}: {type(exc).__name__}: {first}"
 
 
 def fail_config(path: str | Path, exc: BaseException) -> int:

@@ -9,14 +9,18 @@ reversal the same logits, so on a set holding every clip with its exact
 reversal it scores 50%, whatever its top-1; top-1 mixes this choice with
 telling the families (translate, fall, rotate...) apart.
 
-    from harness.metrics import order_accuracy, reversal_pairs
+    from harness.metrics import order_accuracy, order_accuracy_of, reversal_pairs
     order_accuracy(logits, labels, reversal_pairs())   # %, or None when no clip has a twin
+    order_accuracy_of(predictions, reversal_pairs())   # the same from a child run's predictions.json
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from harness.predictions import Predictions
 
 
 def reversal_pairs(classes: Sequence[str] | None = None) -> dict[int, int]:
@@ -56,3 +60,15 @@ def order_accuracy(logits: np.ndarray | Sequence[Sequence[float]], labels: np.nd
     twin = np.array([pairs[int(y)] for y in true])
     mine, theirs = scores[rows, true], scores[rows, twin]
     return float(100.0 * np.mean((mine > theirs) + 0.5 * (mine == theirs)))
+
+
+def order_accuracy_of(predictions: Predictions, pairs: dict[int, int]) -> float | None:
+    """:func:`order_accuracy` from per-clip rankings (:class:`harness.predictions.Predictions`): a clip is right
+    when its class ranks above its twin; both past the kept ranking (top 5 of many classes) is a tie."""
+    labels = predictions.labels
+    keep = np.array([int(y) in pairs for y in labels], dtype=bool)
+    if not keep.any():
+        return None
+    twins = np.array([pairs.get(int(y), int(y)) for y in labels])
+    mine, theirs = predictions.rank_of(labels)[keep], predictions.rank_of(twins)[keep]  # 0 = best
+    return float(100.0 * np.mean((mine < theirs) + 0.5 * (mine == theirs)))

@@ -29,6 +29,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from harness.files import write_atomic
+from harness.probe import SIZE_NAMES, SPEED_NAMES
+
 
 def _pyplot():
     import matplotlib
@@ -40,8 +43,6 @@ def _pyplot():
 
 
 def _save(fig: Any, path: str | Path) -> Path:
-    from harness.tables import write_atomic
-
     plt = _pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -183,8 +184,6 @@ def fusion_heatmaps(matrices: dict[str, list[np.ndarray]], path: str | Path, *, 
 
 def scale_heatmap_figure(cells: pd.DataFrame, *, title: str = "") -> Any:
     """The probe's figure (see :func:`scale_heatmaps`), returned open so a caller can inspect its panels."""
-    from harness.probe import SIZE_NAMES, SPEED_NAMES
-
     plt = _pyplot()
     if cells.empty:  # every trial failed: the tables are still written, with a figure that says so
         fig, ax = plt.subplots(figsize=(6, 2))

@@ -79,11 +79,14 @@ def check_workers(study: Study, address: str | None = None, *, dry_run: bool = F
         return
     import time
 
-    from harness import tune as tuning
+    from harness.tune.session import on_every_node, session
 
     start = time.perf_counter()
-    with tuning.session(address):
-        views = _survey_nodes(timeout)
+    with session(address):
+        views = on_every_node(survey, timeout)
+    if not views:
+        log.warning("could not ask the Ray workers which blocks they register; not checked")
+        return
     here = survey()
     for node, there in views.items():
         for row, block in needed.items():
@@ -113,22 +116,6 @@ def shadowed(block_names: set[str], start: str | Path | None = None) -> list[str
                        "instead of the installed package (Ray puts that folder on their import path), and find "
                        "no block; run from another folder, or move the package under src/ (docs/adding-a-block.md)")
     return out
-
-
-def _survey_nodes(timeout: float) -> dict[str, dict[str, Any]]:
-    """:func:`survey` in one zero-CPU task on every alive node; {node address: its view}."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    task = ray.remote(num_cpus=0)(survey)
-    refs = {n["NodeManagerAddress"] + (f"/{n['NodeID'][:8]}" if n.get("NodeID") else ""):
-            task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
-            for n in ray.nodes() if n.get("Alive")}
-    try:
-        return dict(zip(refs, ray.get(list(refs.values()), timeout=timeout)))
-    except ray.exceptions.GetTimeoutError:
-        log.warning("could not ask the Ray workers which blocks they see within %.0f s; not checked", timeout)
-        return {}
 
 
 def compare(here: dict[str, Any], there: dict[str, Any], block: str, where: str = "") -> str | None:

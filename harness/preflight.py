@@ -9,17 +9,14 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
-from .config import Profile
+from .config import ConfigError, Profile
 
 
-class PreflightError(ValueError):
+class PreflightError(ConfigError):
     """A study that cannot run here; ``keys`` is the path of the offending key in the file."""
-
-    def __init__(self, keys: tuple, message: str):
-        super().__init__(message)
-        self.keys = keys
 
 
 def _unset_variable(value: str) -> str | None:
@@ -39,14 +36,19 @@ def check_path(value: str | None, keys: tuple, what: str) -> None:
 
 
 def check_profile(profile: Profile, name: str, *, cluster_cpus: float | None = None,
-                  cluster_gpus: float | None = None) -> None:
-    """Raise PreflightError when the profile's data, checkpoint or resources cannot be used here."""
+                  cluster_gpus: float | None = None, archs: Collection[str] | None = None) -> None:
+    """Raise PreflightError when the profile's data, checkpoints or resources cannot be used here.
+
+    ``archs``: the backbones the study's rows train under this profile
+    (:func:`harness.config.trained_archs`), whose ImageNet checkpoints must
+    exist; None checks every checkpoint the profile names.
+    """
     base = ("profiles", name)
     data = profile.data
     if data.format != "synth":  # the synthetic set is generated on first use
         check_path(data.root, (*base, "data", "root"), "data folder")
         check_path(data.annotations, (*base, "data", "annotations"), "annotation folder")
-    check_path(profile.backbone.pretrained, (*base, "backbone", "pretrained"), "checkpoint")
+    check_weights(profile, base, archs)
     res = profile.resources
     if profile.recipe.batch_size % res.workers:
         raise PreflightError((*base, "resources", "workers"),
@@ -62,6 +64,17 @@ def check_profile(profile: Profile, name: str, *, cluster_cpus: float | None = N
         raise PreflightError((*base, "resources", "gpu"),
                              f"a trial asks for {gpus:g} GPUs{per} but the cluster has {cluster_gpus:g}; "
                              "lower it or pass --address of a GPU cluster")
+
+
+def check_weights(profile: Profile, base: tuple, archs: Collection[str] | None = None) -> None:
+    """Every ImageNet checkpoint a run of the profile loads exists (one path, or one per arch)."""
+    pretrained = profile.backbone.pretrained
+    if isinstance(pretrained, dict):
+        for arch, path in pretrained.items():
+            if archs is None or arch in archs:
+                check_path(path, (*base, "backbone", "pretrained", arch), "checkpoint")
+    else:  # one path: the weights of the profile's arch, the only one its rows may train (harness.config)
+        check_path(pretrained, (*base, "backbone", "pretrained"), "checkpoint")
 
 
 def check_writable(folder: str | Path) -> None:

@@ -11,12 +11,13 @@ With ``bucket_csv``, from a user's file ``clip_id,bucket`` (the id is the video
 file name without extension, or the frame folder's name); a bucket is any name
 made of ``/``-separated parts, e.g. ``size_small/speed_fast`` or ``occluded``.
 
-Metrics, added to the last epoch's by :func:`harness.train.fit` (so they reach
-MLflow like any other): ``val_top1/<bucket>`` and ``val_count/<bucket>`` for each
-full bucket and, for multi-part buckets, each part alone (the marginals
+Computed from a trial's per-clip predictions (:mod:`harness.predictions`, the
+last epoch's, logged with every trial) by the probe's report, not in the
+training loop: ``val_top1/<bucket>`` and ``val_count/<bucket>`` for each full
+bucket and, for multi-part buckets, each part alone (the marginals
 ``val_top1/size_small``, ``val_top1/speed_fast``). Parts are joined with ``_``,
-not ``=``: MLflow refuses ``=`` in metric names. A bucket with no val clip has
-no metric (absent, not 0).
+not ``=``, so the names stay valid MLflow metric names. A bucket with no val
+clip has no value (absent, not 0).
 
 What it gives up: the synth ``speed`` is the realised one, and rotation and
 approach cap their rate, so small objects of those families are never "fast"
@@ -37,7 +38,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from harness.config import Buckets, Data
-from harness.data.formats import DataError, Entry
+from harness.data.formats import DataError
+from harness.predictions import Predictions
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +47,6 @@ SIZE_NAMES = ("small", "medium", "large")
 SPEED_NAMES = ("slow", "medium", "fast")
 # What MLflow accepts in a metric name (no "=", no ":" on Windows), parts separated by "/".
 BUCKET_NAME = re.compile(r"^[A-Za-z0-9_.\- ]+(/[A-Za-z0-9_.\- ]+)*$")
-
-
-def enabled(data: Data) -> bool:
-    """Whether the val split is stratified (the val loader must then carry each sample's index)."""
-    return data.buckets is not None or data.bucket_csv is not None
 
 
 def level(value: float, edges: Sequence[float], names: Sequence[str]) -> str:
@@ -60,11 +57,6 @@ def level(value: float, edges: Sequence[float], names: Sequence[str]) -> str:
 def scale_bucket(size: float, speed: float, buckets: Buckets) -> str:
     """The bucket of a clip from its size and speed, e.g. ``size_small/speed_fast``."""
     return f"size_{level(size, buckets.size, SIZE_NAMES)}/speed_{level(speed, buckets.speed, SPEED_NAMES)}"
-
-
-def clip_id(entry: Entry) -> str:
-    """The id a bucket CSV names a clip by: the video file name without extension, or the frame folder's name."""
-    return entry.path.name if entry.frames else entry.path.stem
 
 
 def read_bucket_csv(path: str | Path) -> dict[str, str]:
@@ -92,13 +84,12 @@ def read_bucket_csv(path: str | Path) -> dict[str, str]:
     return out
 
 
-def _from_csv(path: str, entries: Sequence[Entry]) -> list[str | None]:
+def _from_csv(path: str, ids: Sequence[str]) -> list[str | None]:
     mapping = read_bucket_csv(path)
-    ids = [clip_id(e) for e in entries]
     found = [mapping.get(i) for i in ids]
     missing = sum(b is None for b in found)
     if missing == len(ids):
-        raise DataError(f"{path}: none of its clip ids is in the val split (e.g. the split has {ids[:3]}, "
+        raise DataError(f"{path}: none of its clip ids is in the val split (e.g. the split has {list(ids)[:3]}, "
                         f"the CSV {list(mapping)[:3]}); the id is the video file name without extension")
     if missing:
         log.warning("%s: %d of %d val clips have no bucket (e.g. %s); they count in val_top1 only",
@@ -106,21 +97,19 @@ def _from_csv(path: str, entries: Sequence[Entry]) -> list[str | None]:
     return found
 
 
-def _from_scale(buckets: Buckets, entries: Sequence[Entry]) -> list[str]:
-    lacking = [e for e in entries if not {"size", "speed"} <= set(e.extra)]
-    if lacking:
-        raise DataError(f"data.buckets needs each val annotation's size and speed keys; {len(lacking)} of "
-                        f"{len(entries)} entries lack them (e.g. {lacking[0].where}). Regenerate the synth set, "
-                        "or give data.bucket_csv for a dataset without them")
-    return [scale_bucket(float(e.extra["size"]), float(e.extra["speed"]), buckets) for e in entries]
+def _from_scale(buckets: Buckets, extra: dict[str, list[float]], n: int) -> list[str | None]:
+    if not {"size", "speed"} <= set(extra):
+        raise DataError(f"data.buckets needs each val annotation's size and speed keys; the {n} val clips "
+                        "lack them. Regenerate the synth set, or give data.bucket_csv for a dataset without them")
+    return [scale_bucket(size, speed, buckets) for size, speed in zip(extra["size"], extra["speed"])]
 
 
-def entry_buckets(data: Data, entries: Sequence[Entry]) -> list[str | None] | None:
-    """The bucket of each val entry (``None``: not in any), or ``None`` when ``data`` asks for no stratification."""
+def clip_buckets(data: Data, predictions: Predictions) -> list[str | None] | None:
+    """The bucket of each clip of ``predictions`` (``None``: in none), or ``None`` when ``data`` asks for none."""
     if data.bucket_csv is not None:
-        return _from_csv(data.bucket_csv, entries)
+        return _from_csv(data.bucket_csv, predictions.ids)
     if data.buckets is not None:
-        return _from_scale(data.buckets, entries)
+        return _from_scale(data.buckets, predictions.extra, len(predictions))
     return None
 
 
@@ -130,19 +119,16 @@ def _keys(bucket: str) -> list[str]:
     return [bucket] + (parts if len(parts) > 1 else [])
 
 
-def stratified_top1(logits: Any, labels: Any, buckets: Sequence[str | None]) -> dict[str, float]:
+def stratified_top1(correct: Any, buckets: Sequence[str | None]) -> dict[str, float]:
     """``val_top1/<key>`` (percent) and ``val_count/<key>`` for every bucket and marginal present.
 
     Args:
-        logits: ``(N, C)`` scores (numpy or a CPU tensor); the prediction is the arg-max.
-        labels: ``(N,)`` class indices.
+        correct: ``(N,)`` booleans, whether each clip's top-1 class is its label.
         buckets: ``N`` bucket names, ``None`` for a clip in no bucket.
     """
-    logits, labels = np.asarray(logits), np.asarray(labels)
-    if not (logits.ndim == 2 and len(logits) == len(labels) == len(buckets)):
-        raise ValueError(f"need (N, C) logits, N labels and N buckets; got {logits.shape}, {labels.shape}, "
-                         f"{len(buckets)}")
-    correct = logits.argmax(1) == labels
+    correct = np.asarray(correct, dtype=bool)
+    if not (correct.ndim == 1 and len(correct) == len(buckets)):
+        raise ValueError(f"need N correct flags and N buckets; got {correct.shape} and {len(buckets)}")
     hits: dict[str, list[bool]] = defaultdict(list)
     for ok, bucket in zip(correct, buckets):
         for key in _keys(bucket) if bucket is not None else ():

@@ -15,7 +15,6 @@ import logging
 import sys
 import time
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -24,6 +23,7 @@ import torch
 import blocks
 from blocks.fusion import Fusion
 
+from . import paper
 from .config import Row, Study, load_study
 
 log = logging.getLogger(__name__)
@@ -155,18 +155,11 @@ def profile_study(study: Study, *, frames: int = 8, sizes: list[int] = (112, 224
     return out
 
 
-def paper_figures(study: Study) -> pd.DataFrame | None:
-    """The paper's figures for the study's rows (results/paper/*.csv), indexed by row."""
-    if not study.paper or not Path(study.paper).exists():
-        return None
-    return pd.read_csv(study.paper, dtype={"row": str}).set_index("row")
-
-
-def to_frame(profiles: list[dict], paper: pd.DataFrame | None, sizes: list[int]) -> pd.DataFrame:
+def to_frame(profiles: list[dict], paper: pd.DataFrame, sizes: list[int]) -> pd.DataFrame:
     """One row per study row: measured figures, each next to the paper's where it gives one."""
     rows = []
     for p in profiles:
-        ref = paper.loc[p["row"]] if paper is not None and p["row"] in paper.index else {}
+        ref = paper.loc[p["row"]] if p["row"] in paper.index else {}
         r = {"row": p["row"], "block": p["block"], "frames": p.get("frames"), "params": p["params"],
              "params_m": round(p["params"] / 1e6, 2), "paper_params_m": ref.get("paper_params_m")}
         r["delta_params_m"] = _delta(r["params_m"], r["paper_params_m"])
@@ -232,7 +225,7 @@ def main(args) -> int:
         json.dump(profiles, sys.stdout, indent=1)
         print()
         return 0
-    frame = to_frame(profiles, paper_figures(study), args.size)
+    frame = to_frame(profiles, paper.figures(study), args.size)
     if args.format == "csv":
         print(frame.to_csv(index=False), end="")
         return 0

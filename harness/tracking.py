@@ -4,12 +4,16 @@
     harness tables studies/table1.yaml       # reads here, nothing else
     harness ui                               # serves this store
 
-Layout. One MLflow experiment per study (named after it). Each ``harness run``
-invocation is a *parent* run (tag ``harness.kind=parent``); each trial (row x
-seed) is a *child* run under it (``mlflow.parentRunId``), keyed by a
-deterministic trial key ``<study>/<profile>/<row>/seed<k>`` stored as the tag
-``harness.trial_key``. ``--resume`` re-attaches to the latest parent run of the
-same study and profile.
+Layout. One MLflow experiment per study (named after it, in the UI's
+model-training layout). Each ``harness run`` invocation is a *parent* run;
+each trial is a *child* run under it (``mlflow.parentRunId``), keyed by its
+trial key (:mod:`harness.trial`). Every tag, param and metric name is a
+constant of :mod:`harness.names`. ``--resume`` re-attaches to the latest
+parent run of the same study and profile.
+
+A child run is created when its trial starts, not when the study does, so its
+start and end are the trial's own and MLflow's durations mean what they say; a
+resumed trial keeps its first start.
 
 Exactly-once. Only the driver writes (Tune callbacks run in the driver, not in
 the workers), the database is created before any worker starts, and every
@@ -18,10 +22,10 @@ key, epochs already logged (the latest ``epoch`` metric) are skipped, and a
 finished child ignores further results. So a killed-and-resumed study ends
 with one child run per trial and one value per epoch per metric.
 
-Store. ``MLFLOW_TRACKING_URI`` when set; else ``sqlite:///<abs>/work/mlflow.db``
-(``work/`` is git-ignored, relative to the current folder). A sqlite store is
-switched to WAL so the UI can read while the driver writes, and its artifacts
-go to ``work/mlartifacts`` beside it.
+Store. ``MLFLOW_TRACKING_URI`` when set (a shared ``http://`` server works as
+the file store does); else ``sqlite:///<abs>/work/mlflow.db``. A sqlite store
+is switched to WAL so the UI can read while the driver writes, and its
+artifacts go to ``work/mlartifacts`` beside it.
 
 What it gives up: a parent run killed with SIGKILL stays ``RUNNING`` in the
 store until ``--resume`` (or a new run) finishes it; the database cannot know
@@ -34,25 +38,31 @@ import logging
 import os
 import sqlite3
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here; nothing to phone home
 
 from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
+from mlflow.entities import Metric, Param, Run, RunTag, ViewType  # noqa: E402
+
+from harness import names  # noqa: E402
+from harness.files import WORK  # noqa: E402
+from harness.trial import TrialIdentity, TrialSpec  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-KIND, STUDY, PROFILE, TRIAL_KEY = "harness.kind", "harness.study", "harness.profile", "harness.trial_key"
-ROW, SEED, COMMIT, RAY_EXPERIMENT = "harness.row", "harness.seed", "harness.git_commit", "harness.ray_experiment"
-PARENT_ID, RUN_NAME, GIT_COMMIT = "mlflow.parentRunId", "mlflow.runName", "mlflow.source.git.commit"
-LAST_EPOCH = "epoch"  # the metric whose latest value says which epochs a child already holds
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
+DONE = ("FINISHED", "FAILED")  # a child in one of these ignores any further result
+# The UI's layout for runs that train models (not its GenAI one: traces, judges, an assistant panel).
+MODEL_TRAINING = "custom_model_development"
 
 
-def default_uri(work_dir: str | Path = "work") -> str:
+def default_uri(work_dir: str | Path = WORK) -> str:
     """``MLFLOW_TRACKING_URI`` if set, else the project's sqlite file under the git-ignored work dir."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
@@ -90,17 +100,6 @@ def git_commit(cwd: str | Path | None = None) -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"recipe": {"lr": 0.1}}`` -> ``{"recipe.lr": 0.1}``; lists stay values."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping) and v and all(isinstance(x, str) for x in v):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _param_value(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v)
 
@@ -108,6 +107,91 @@ def _param_value(v: Any) -> str:
 def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class NewChild:
+    """What a child run is created with: its key, name, tags, params and starting metrics."""
+
+    key: str
+    name: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, spec: TrialSpec) -> "NewChild":
+        return cls(spec.key, spec.run_name, spec.tags(), spec.params(), spec.metrics)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as the rest of the harness sees it (MLflow's own types stay in this module)."""
+
+    run_id: str
+    name: str
+    experiment_id: str
+    status: str
+    start_time: int
+    end_time: int | None
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]  # latest value of each
+
+    @classmethod
+    def of(cls, run: Run) -> "RunRecord":
+        return cls(run.info.run_id, run.info.run_name or "", run.info.experiment_id, run.info.status,
+                   run.info.start_time, run.info.end_time, dict(run.data.tags), dict(run.data.params),
+                   dict(run.data.metrics))
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """A child run as the tables read it: the trial's identity (from its tags), its run, its top-1 by epoch."""
+
+    trial: TrialIdentity
+    run: RunRecord
+    val_top1_history: dict[int, float]  # by epoch
+
+    @property
+    def key(self) -> str:
+        return self.trial.key
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @property
+    def status(self) -> str:
+        return self.run.status
+
+    @property
+    def finished(self) -> bool:
+        return self.run.status == "FINISHED"
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return self.run.tags
+
+    @property
+    def params(self) -> dict[str, str]:
+        return self.run.params
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.run.metrics
+
+
+@dataclass(frozen=True)
+class StudyRuns:
+    """A parent run and its trials: everything a table is built from."""
+
+    parent: RunRecord
+    trials: list[TrialRun]
 
 
 class Tracker:
@@ -134,101 +218,109 @@ class Tracker:
                 con.execute("PRAGMA journal_mode=WAL")
 
     def experiment_id(self, study: str, *, create: bool = True) -> str | None:
+        """The study's experiment (created in the UI's model-training layout when ``create``)."""
         exp = self.client.get_experiment_by_name(study)
         if exp is not None:
-            return exp.experiment_id
+            if exp.tags.get(names.EXPERIMENT_KIND) != MODEL_TRAINING and create:  # made before the tag
+                self.client.set_experiment_tag(exp.experiment_id, names.EXPERIMENT_KIND, MODEL_TRAINING)
+            return str(exp.experiment_id)
         if not create:
             return None
         location = None
         if self._db is not None:  # keep artifacts beside the database, not in the current folder
             location = (self._db.parent / "mlartifacts").resolve().as_uri()
-        return self.client.create_experiment(study, artifact_location=location,
-                                             tags={"harness.study": study})
+        return str(self.client.create_experiment(study, artifact_location=location, tags={
+            names.STUDY: study, names.EXPERIMENT_KIND: MODEL_TRAINING}))
 
     # ------------------------------------------------------------------ parent runs
 
-    def latest_parent(self, study: str, profile: str, *, finished: bool = False) -> Any | None:
+    def latest_parent(self, study: str, profile: str, *, finished: bool = False) -> RunRecord | None:
         """The latest invocation of a study and profile (``finished``: the latest that ended FINISHED)."""
         exp = self.experiment_id(study, create=False)
         if exp is None:
             return None
-        where = f"tags.`{KIND}` = 'parent' and tags.`{PROFILE}` = '{_quote(profile)}'"
+        where = f"tags.`{names.KIND}` = '{names.PARENT}' and tags.`{names.PROFILE}` = '{_quote(profile)}'"
         if finished:
             where += " and attributes.status = 'FINISHED'"
         runs = self.client.search_runs([exp], filter_string=where, run_view_type=ViewType.ACTIVE_ONLY,
                                        max_results=1, order_by=["attributes.start_time DESC"])
-        return runs[0] if runs else None
+        return RunRecord.of(runs[0]) if runs else None
 
     def start_parent(self, study: str, profile: str, *, params: Mapping[str, Any],
                      tags: Mapping[str, str]) -> str:
         exp = self.experiment_id(study)
+        assert exp is not None  # created above
         name = f"{study} {profile} {time.strftime('%Y-%m-%d %H:%M:%S')}"
         run = self.client.create_run(exp, run_name=name, tags={
-            KIND: "parent", STUDY: study, PROFILE: profile, **tags})
+            names.KIND: names.PARENT, names.STUDY: study, names.PROFILE: profile, **tags})
         self._log_params(run.info.run_id, params)
-        return run.info.run_id
+        return str(run.info.run_id)
+
+    def run(self, run_id: str) -> RunRecord:
+        return RunRecord.of(self.client.get_run(run_id))
 
     def reopen(self, run_id: str) -> None:
         """Mark a parent (or child) RUNNING again for ``--resume``."""
         self.client.update_run(run_id, status="RUNNING")
+        self._status[run_id] = "RUNNING"
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int = 0) -> None:
+        now = _now_ms()
+        items = [Metric(k, v, now, step) for k, v in _numeric(metrics).items()]
+        for i in range(0, len(items), 1000):  # MLflow's limit per batch
+            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+
     # ------------------------------------------------------------------ child runs
 
-    def children(self, parent_id: str) -> dict[str, Any]:
+    def children(self, parent_id: str) -> dict[str, RunRecord]:
         """Child runs of a parent, by trial key."""
         parent = self.client.get_run(parent_id)
-        out: dict[str, Any] = {}
+        out: dict[str, RunRecord] = {}
         token = None
         while True:
             page = self.client.search_runs(
-                [parent.info.experiment_id], filter_string=f"tags.`{PARENT_ID}` = '{parent_id}'",
+                [parent.info.experiment_id], filter_string=f"tags.`{names.PARENT_ID}` = '{parent_id}'",
                 run_view_type=ViewType.ALL, max_results=1000, page_token=token,
                 order_by=["attributes.start_time ASC"])
             for run in page:
-                key = run.data.tags.get(TRIAL_KEY)
+                key = run.data.tags.get(names.TRIAL_KEY)
                 if key is None:
                     continue
                 if key in out:  # would mean a second writer; keep the first and say so
                     log.warning("two child runs for trial %s under %s: %s and %s", key, parent_id,
-                                out[key].info.run_id, run.info.run_id)
+                                out[key].run_id, run.info.run_id)
                     continue
-                out[key] = run
+                out[key] = RunRecord.of(run)
             token = page.token
             if not token:
                 return out
 
-    def ensure_children(self, parent_id: str, trials: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-        """One child per trial, created SCHEDULED with its params; existing ones are reused, not duplicated.
-
-        Each trial is ``{"key", "name", "tags", "params", "metrics"}``; ``metrics``
-        (the profile's params and GFLOPs) are logged at step 0 on creation only.
-        """
+    def ensure_children(self, parent_id: str, trials: Iterable[NewChild]) -> dict[str, str]:
+        """One child per trial, created RUNNING (its trial is starting) with its params; existing ones are
+        reused, not duplicated. The starting metrics (the row's params and GFLOPs) are logged on creation."""
         parent = self.client.get_run(parent_id)
         existing = self.children(parent_id)
         ids: dict[str, str] = {}
         for t in trials:
-            run = existing.get(t["key"])
-            if run is None:
-                run = self.client.create_run(parent.info.experiment_id, run_name=t["name"], tags={
-                    PARENT_ID: parent_id, KIND: "trial", TRIAL_KEY: t["key"], **t.get("tags", {})})
-                self.client.update_run(run.info.run_id, status="SCHEDULED")
-                self._log_params(run.info.run_id, t.get("params", {}))
-                now = _now_ms()
-                metrics = [Metric(k, v, now, 0) for k, v in _numeric(t.get("metrics", {})).items()]
-                if metrics:
-                    self.client.log_batch(run.info.run_id, metrics=metrics)
-                status, last = "SCHEDULED", 0
+            held = existing.get(t.key)
+            if held is None:
+                run = self.client.create_run(parent.info.experiment_id, run_name=t.name, start_time=_now_ms(),
+                                             tags={names.PARENT_ID: parent_id, names.KIND: names.TRIAL,
+                                                   names.TRIAL_KEY: t.key, **t.tags})
+                run_id, status, last = run.info.run_id, "RUNNING", 0
+                self._log_params(run_id, t.params)
+                if t.metrics:
+                    self.log_metrics(run_id, t.metrics)
             else:
-                status = run.info.status
-                last = int(run.data.metrics.get(LAST_EPOCH, 0))
-                if t.get("params") and not run.data.params:  # a driver killed right after create_run
-                    self._log_params(run.info.run_id, t["params"])
-            ids[t["key"]] = run.info.run_id
-            self._status[run.info.run_id] = status
-            self._last_epoch[run.info.run_id] = last
+                run_id, status, last = held.run_id, held.status, int(held.metrics.get(names.EPOCH, 0))
+                if t.params and not held.params:  # a driver killed right after create_run
+                    self._log_params(run_id, t.params)
+            ids[t.key] = run_id
+            self._status[run_id] = status
+            self._last_epoch[run_id] = last
         return ids
 
     def status(self, run_id: str) -> str:
@@ -245,20 +337,20 @@ class Tracker:
     def _load(self, run_id: str) -> None:
         run = self.client.get_run(run_id)
         self._status[run_id] = run.info.status
-        self._last_epoch[run_id] = int(run.data.metrics.get(LAST_EPOCH, 0))
+        self._last_epoch[run_id] = int(run.data.metrics.get(names.EPOCH, 0))
 
     def log_epoch(self, run_id: str, metrics: Mapping[str, Any]) -> bool:
         """Log one epoch's metrics at step ``metrics["epoch"]``; False (and nothing written) if already held."""
-        if self.status(run_id) in ("FINISHED", "FAILED"):
+        if self.status(run_id) in DONE:
             return False
-        epoch = int(metrics["epoch"])
+        epoch = int(metrics[names.EPOCH])
         if epoch <= self.last_epoch(run_id):
             return False
         if self._status.get(run_id) != "RUNNING":
             self.client.update_run(run_id, status="RUNNING")
             self._status[run_id] = "RUNNING"
         now = _now_ms()
-        values = {**_numeric(metrics), LAST_EPOCH: float(epoch)}
+        values = {**_numeric(metrics), names.EPOCH: float(epoch)}
         if len(values) > 1000:
             raise ValueError(f"{len(values)} metrics in one epoch; MLflow logs at most 1000 in one batch")
         # One batch: the sql store writes a batch's metrics in one transaction, so a driver killed
@@ -268,17 +360,17 @@ class Tracker:
         return True
 
     def finish_child(self, run_id: str, status: str, *, summary: Mapping[str, Any],
-                     tags: Mapping[str, Any] = (), artifacts: Mapping[str, Any] = ()) -> bool:
+                     tags: Mapping[str, Any] | None = None, artifacts: Mapping[str, Any] | None = None) -> bool:
         """Log the trial's summary once and close the child; False if it was already closed."""
-        if self.status(run_id) in ("FINISHED", "FAILED"):
+        if self.status(run_id) in DONE:
             return False
         step = self.last_epoch(run_id)
         now = _now_ms()
         held = self.client.get_run(run_id).data.metrics  # a driver killed after this batch logged it already
         self.client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in _numeric(summary).items()
                                                if k not in held],
-                              tags=[RunTag(k, str(v)) for k, v in dict(tags).items()])
-        for name, obj in dict(artifacts).items():
+                              tags=[RunTag(k, str(v)) for k, v in dict(tags or {}).items()])
+        for name, obj in dict(artifacts or {}).items():
             self.client.log_dict(run_id, obj, name)
         self.finish(run_id, status)
         return True
@@ -299,10 +391,7 @@ class Tracker:
 
     def read_json(self, run_id: str, artifact_file: str) -> Any | None:
         """A JSON artifact of a run (``fusion_matrices.json``), or None when the run has none."""
-        import tempfile
-
-        names = {a.path for a in self.client.list_artifacts(run_id)}
-        if artifact_file not in names:
+        if artifact_file not in {a.path for a in self.client.list_artifacts(run_id)}:
             return None
         with tempfile.TemporaryDirectory() as tmp:
             local = self.client.download_artifacts(run_id, artifact_file, tmp)
@@ -310,47 +399,47 @@ class Tracker:
 
     # ------------------------------------------------------------------ reading back (tables)
 
-    def read_study(self, study: str, profile: str, parent_id: str | None = None) -> dict[str, Any]:
-        """Everything a table needs, from the store alone.
-
-        Returns ``{"parent": {...}, "trials": [{...}, ...]}``: the parent's id,
-        status, start time and tags; per child its key, row, seed, status, tags,
-        params, latest metrics and the ``val_top1`` history by epoch.
-        """
+    def read_study(self, study: str, profile: str, parent_id: str | None = None) -> StudyRuns:
+        """Everything a table needs, from the store alone: the parent run and each child's trial, state,
+        params, latest metrics and ``val_top1`` history by epoch."""
         if parent_id:
-            parent = self.client.get_run(parent_id)
+            parent: RunRecord | None = RunRecord.of(self.client.get_run(parent_id))
         else:  # a finished invocation over one still running (or killed) elsewhere
             parent = self.latest_parent(study, profile, finished=True) or self.latest_parent(study, profile)
         if parent is None:
             raise LookupError(f"no runs of study {study!r} (profile {profile}) in {self.uri}; "
                               f"run `harness run` first")
-        trials = []
-        for key, run in self.children(parent.info.run_id).items():
-            history = self.client.get_metric_history(run.info.run_id, "val_top1")
-            trials.append({
-                "key": key, "run_id": run.info.run_id, "status": run.info.status,
-                "row": run.data.tags.get(ROW), "seed": int(run.data.tags.get(SEED, -1)),
-                "tags": dict(run.data.tags), "params": dict(run.data.params),
-                "metrics": dict(run.data.metrics),
-                "val_top1_history": {int(m.step): m.value for m in sorted(history, key=lambda m: m.timestamp)},
-            })
-        return {"parent": {"run_id": parent.info.run_id, "experiment_id": parent.info.experiment_id,
-                           "status": parent.info.status, "start_time": parent.info.start_time,
-                           "end_time": parent.info.end_time, "tags": dict(parent.data.tags),
-                           "params": dict(parent.data.params)},
-                "trials": trials}
+        trials = [self._trial_run(run) for run in self.children(parent.run_id).values()]
+        return StudyRuns(parent, trials)
+
+    def _trial_run(self, run: RunRecord) -> TrialRun:
+        return TrialRun(TrialIdentity.from_tags(run.tags), run, dict(self.metric_history(run.run_id, names.VAL_TOP1)))
 
     def experiments(self) -> dict[str, str]:
         """Study name -> experiment id, for the experiments this harness created."""
         return {e.name: e.experiment_id for e in self.client.search_experiments(
-            filter_string="tags.`harness.study` != ''", max_results=1000)}
+            filter_string=f"tags.`{names.STUDY}` != ''", max_results=1000)}
 
-    def parents(self, study: str) -> list[Any]:
+    def parents(self, study: str) -> list[RunRecord]:
         exp = self.experiment_id(study, create=False)
         if exp is None:
             return []
-        return list(self.client.search_runs([exp], filter_string=f"tags.`{KIND}` = 'parent'",
-                                            run_view_type=ViewType.ALL, max_results=1000))
+        return [RunRecord.of(r) for r in self.client.search_runs(
+            [exp], filter_string=f"tags.`{names.KIND}` = '{names.PARENT}'", run_view_type=ViewType.ALL,
+            max_results=1000)]
+
+    def runs(self, study: str, *, deleted: bool = False) -> list[RunRecord]:
+        """Every run of a study's experiment (``deleted``: also the deleted ones)."""
+        exp = self.experiment_id(study, create=False)
+        if exp is None:
+            return []
+        view = ViewType.ALL if deleted else ViewType.ACTIVE_ONLY
+        return [RunRecord.of(r) for r in self.client.search_runs([exp], run_view_type=view, max_results=5000)]
+
+    def metric_history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
+        """(step, value) of every value a run logged for ``metric``, in logging order."""
+        history = self.client.get_metric_history(run_id, metric)
+        return [(int(m.step), m.value) for m in sorted(history, key=lambda m: m.timestamp)]
 
     # ------------------------------------------------------------------ helpers
 
@@ -383,8 +472,3 @@ def _quote(value: str) -> str:
     if "'" in value:
         raise ValueError(f"a single quote is not allowed in a study or profile name: {value!r}")
     return value
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-

@@ -87,7 +87,7 @@ def runs_url(host: str, port: int, experiment_id: str) -> str:
 
 def main(args: Any) -> int:
     """``harness ui [--port P] [--host H] [--study NAME]``."""
-    from harness.run import WORK
+    from harness.files import WORK
     from harness.tracking import Tracker, default_uri, sqlite_path
 
     uri = default_uri(WORK)

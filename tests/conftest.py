@@ -14,6 +14,7 @@ from pathlib import Path
 import av  # noqa: F401 - must precede decord, see the docstring
 import numpy as np
 import pytest
+import torch
 
 
 def frame_level(i: int) -> int:
@@ -72,6 +73,23 @@ class DataMedia:
     write_video = staticmethod(write_video)
     write_frame_folder = staticmethod(write_frame_folder)
     truncate = staticmethod(truncate)
+
+
+class IndexedClips(torch.utils.data.Dataset):
+    """In-memory val clips as the harness's val loader yields them: ``(clip, label, entry index)``, with
+    ``entries`` (one :class:`harness.data.formats.Entry` per clip) for the per-clip predictions."""
+
+    def __init__(self, clips, labels):
+        from harness.data.formats import Entry
+
+        self.clips, self.labels = clips, labels
+        self.entries = [Entry(Path(f"clip{i:03d}.webm"), int(y)) for i, y in enumerate(labels)]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.clips[i], self.labels[i], i
 
 
 @pytest.fixture(scope="session")
@@ -224,13 +242,34 @@ def tracker_for(folder):
 
 
 def study_runs(folder, study: str = "tiny"):
-    """(tracker, parents, {trial key: child run}) of a study in the folder's store."""
+    """(tracker, parents, {trial key: child run}) of a study in the folder's store (``RunRecord`` each)."""
     t = tracker_for(folder)
     parents = t.parents(study)
     children = {}
     for p in parents:
-        for key, run in t.children(p.info.run_id).items():
+        for key, run in t.children(p.run_id).items():
             assert key not in children, f"trial {key} has child runs under two parents"
             children[key] = run
     return t, parents, children
 
+
+
+# ----------------------------------------------------------------------------- hand-made runs for table tests
+
+
+def trial_run(key: str, *, tags: dict, metrics: dict, status: str = "FINISHED", params: dict | None = None,
+              history: dict | None = None, run_id: str | None = None):
+    """A child run as :meth:`harness.tracking.Tracker.read_study` returns it, without a store."""
+    from harness.tracking import RunRecord, TrialRun
+    from harness.trial import TrialIdentity
+
+    tags = {"harness.trial_key": key, **tags}
+    record = RunRecord(run_id or key, key, "1", status, 0, 1, tags, dict(params or {}), dict(metrics))
+    return TrialRun(TrialIdentity.from_tags(tags), record, dict(history or {}))
+
+
+def study_runs_of(*trials, tags: dict | None = None, status: str = "FINISHED", end_time: int = 1_700_000_000_000):
+    """A parent run and its trials, as :meth:`harness.tracking.Tracker.read_study` returns them."""
+    from harness.tracking import RunRecord, StudyRuns
+
+    return StudyRuns(RunRecord("p1", "parent", "1", status, 0, end_time, dict(tags or {}), {}, {}), list(trials))

@@ -105,11 +105,8 @@ def kill_on(driver: Driver, text: str, n: int, marker: str) -> str:
 
 def all_trial_runs(folder: Path) -> list:
     """Every run in the study's experiment that carries a trial key, deleted or not (``children`` dedups)."""
-    from mlflow.entities import ViewType
-
-    t, parents, _ = study_runs(folder)
-    runs = t.client.search_runs([parents[0].info.experiment_id], run_view_type=ViewType.ALL, max_results=1000)
-    return [r for r in runs if "harness.trial_key" in r.data.tags]
+    t, _, _ = study_runs(folder)
+    return [r for r in t.runs("tiny", deleted=True) if "harness.trial_key" in r.tags]
 
 
 @pytest.mark.slow
@@ -142,13 +139,13 @@ def test_driver_killed_at_random_points_resumes_to_the_uninterrupted_table(tmp_p
         kill_marked(marker)
 
     t, parents, children = study_runs(killed)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED", "every --resume reattaches to one parent"
+    assert len(parents) == 1 and parents[0].status == "FINISHED", "every --resume reattaches to one parent"
     runs = all_trial_runs(killed)
-    assert Counter(r.data.tags["harness.trial_key"] for r in runs) == Counter(KEYS), "one child run per trial"
+    assert Counter(r.tags["harness.trial_key"] for r in runs) == Counter(KEYS), "one child run per trial"
     for run in runs:
-        key = run.data.tags["harness.trial_key"]
-        assert run.info.status == "FINISHED", key
-        steps = [m.step for m in t.client.get_metric_history(run.info.run_id, "val_top1")]
+        key = run.tags["harness.trial_key"]
+        assert run.status == "FINISHED", key
+        steps = [step for step, _ in t.metric_history(run.run_id, "val_top1")]
         assert sorted(steps) == list(range(1, EPOCHS + 1)), (key, steps)  # no epoch logged twice or lost
 
     # CPU trials are bit-reproducible and resume restores every RNG: the table equals the uninterrupted one
@@ -237,6 +234,6 @@ def test_a_killed_worker_resumes_its_trial_from_the_last_checkpoint(tmp_path, sy
 
     t, _, children = study_runs(tmp_path)
     [run] = children.values()
-    assert run.info.status == "FINISHED"
-    steps = [m.step for m in t.client.get_metric_history(run.info.run_id, "val_top1")]
+    assert run.status == "FINISHED"
+    steps = [step for step, _ in t.metric_history(run.run_id, "val_top1")]
     assert sorted(steps) == list(range(1, epochs + 1))

@@ -71,16 +71,16 @@ def refuse_mkstemp_in(monkeypatch, folder):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """An MLflow store holding one finished invocation of the tiny study (4 trials, 2 epochs each)."""
-    from harness.tracking import Tracker
+    from harness.tracking import NewChild, Tracker
 
     folder = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     t = Tracker(uri)
     t.prepare()
     parent = t.start_parent("tiny", "laptop", params={"study": "tiny"}, tags={"harness.seeds": "2"})
-    specs = [{"key": f"tiny/laptop/{row}/seed{s}", "name": f"{row} seed{s}",
-              "tags": {"harness.row": row, "harness.seed": str(s)}, "params": {"row.block": row.lower()},
-              "metrics": {"profile_params": 1e6, "profile_gflops_16": 0.1}} for row in ("TSN", "TSM") for s in (0, 1)]
+    specs = [NewChild(f"tiny/laptop/{row}/seed{s}", f"{row} seed{s}", {"harness.row": row, "harness.seed": str(s)},
+                      {"row.block": row.lower()}, {"profile_params": 1e6, "profile_gflops_16": 0.1})
+             for row in ("TSN", "TSM") for s in (0, 1)]
     for i, rid in enumerate(t.ensure_children(parent, specs).values()):
         for epoch in (1, 2):
             t.log_epoch(rid, {"epoch": epoch, "val_top1": 10.0 * i + epoch, "val_top5": 50.0})
@@ -132,8 +132,8 @@ def test_a_full_disk_mid_table_keeps_the_previous_set_whole(tables_dir, monkeypa
     before = snapshot(tables_dir)
     t = Tracker(store)  # a new result in the store, so new tables would differ from the old ones
     parent = t.latest_parent("tiny", "laptop")
-    first = next(iter(t.children(parent.info.run_id).values()))
-    t.client.log_metric(first.info.run_id, "last_top1", 99.0, step=100)
+    first = next(iter(t.children(parent.run_id).values()))
+    t.client.log_metric(first.run_id, "last_top1", 99.0, step=100)
     real = os.fdopen
 
     class Full(io.BytesIO):
@@ -160,16 +160,16 @@ def test_a_full_disk_mid_table_keeps_the_previous_set_whole(tables_dir, monkeypa
 
 
 def test_write_atomic_failing_at_the_rename_keeps_the_old_file(tmp_path, monkeypatch):
-    from harness import tables
+    from harness.files import write_atomic
 
-    path = tables.write_atomic("old", tmp_path / "t.csv")
+    path = write_atomic("old", tmp_path / "t.csv")
 
     def refuse(src, dst):
         raise ENOSPC
 
     monkeypatch.setattr(os, "replace", refuse)
     with pytest.raises(OSError, match="No space left") as info:
-        tables.write_atomic("new", path)
+        write_atomic("new", path)
     assert info.value.filename == str(path)  # the file the user knows, not the temp file
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["t.csv"]
 
@@ -233,9 +233,9 @@ def train_dir(tmp_path, monkeypatch):
 
 def after_first_checkpoint(monkeypatch, action):
     """Run ``action()`` once, right after epoch 1's checkpoint and metrics are on disk."""
-    from harness import train
+    from harness.train import loop
 
-    real, calls = train._save, []
+    real, calls = loop._save, []
 
     def save(*args, **kwargs):
         real(*args, **kwargs)
@@ -243,7 +243,7 @@ def after_first_checkpoint(monkeypatch, action):
         if len(calls) == 1:
             action()
 
-    monkeypatch.setattr(train, "_save", save)
+    monkeypatch.setattr(loop, "_save", save)
 
 
 def test_a_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(train_dir, monkeypatch, capsys):
@@ -271,22 +271,40 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(train_di
     assert checkpoint.load(last)["epoch"] == 3
 
 
+class HalfWritten:
+    """An open file whose disk fills half-way through the first write."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        self.f.write(data[: len(data) // 2])
+        raise ENOSPC
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
 def test_a_full_disk_while_writing_metrics_keeps_the_last_good_metrics(train_dir, monkeypatch, capsys):
     import json
 
-    from harness import train
+    real, calls = os.fdopen, []
 
-    real, calls = json.dump, []
-
-    def dump(obj, f, *args, **kwargs):  # epoch 2's metrics.json: half written, then the disk is full
-        if ".metrics.json." in os.readlink(f"/proc/self/fd/{f.fileno()}"):
+    def fdopen(fd, *args, **kwargs):  # epoch 2's metrics.json: half written, then the disk is full
+        f = real(fd, *args, **kwargs)
+        if ".metrics.json." in os.readlink(f"/proc/self/fd/{fd}"):
             calls.append(1)
-        if len(calls) < 2:
-            return real(obj, f, *args, **kwargs)
-        f.write(json.dumps(obj)[:20])
-        raise ENOSPC
+            if len(calls) >= 2:
+                return HalfWritten(f)
+        return f
 
-    monkeypatch.setattr(train.json, "dump", dump)
+    monkeypatch.setattr(os, "fdopen", fdopen)
     assert main(["train", "small.yaml", "--out", "out"]) == 1
     [line] = error_lines(capsys.readouterr().err)
     assert line == (f"error: out/metrics.json: {os.strerror(errno.ENOSPC)}; free disk space; "
@@ -304,7 +322,7 @@ def test_a_dataset_folder_deleted_mid_run_is_one_line_naming_it(train_dir, monke
     synth = train_dir / "synth"
     after_first_checkpoint(monkeypatch, lambda: shutil.rmtree(synth))
     with caplog.at_level(logging.INFO):
-        assert main(["train", "small.yaml", "--out", "out"]) == 2
+        assert main(["train", "small.yaml", "--out", "out"]) == 1  # the data failed mid-run: the work ran
     [record] = train_errors(caplog)
     message = record.getMessage()
     assert record.exc_info is None and "\n" not in message
@@ -322,7 +340,7 @@ def test_a_video_deleted_mid_run_is_one_line_naming_the_file(train_dir, monkeypa
     gone = train_dir / "synth" / "videos" / "3.webm"
     after_first_checkpoint(monkeypatch, gone.unlink)
     with caplog.at_level(logging.INFO):
-        assert main(["train", "small.yaml", "--out", "out"]) == 2
+        assert main(["train", "small.yaml", "--out", "out"]) == 1  # the data failed mid-run: the work ran
     [record] = train_errors(caplog)
     message = record.getMessage()
     assert record.exc_info is None and "\n" not in message
@@ -336,7 +354,7 @@ def test_a_dataset_folder_deleted_under_loader_workers_is_still_one_line(train_d
     synth = train_dir / "synth"
     after_first_checkpoint(monkeypatch, lambda: shutil.rmtree(synth))
     with caplog.at_level(logging.INFO):
-        assert main(["train", "small.yaml", "--out", "out"]) == 2
+        assert main(["train", "small.yaml", "--out", "out"]) == 1  # the data failed mid-run: the work ran
     [record] = train_errors(caplog)
     assert "\n" not in record.getMessage() and "Traceback" not in record.getMessage()
     assert record.getMessage().startswith(f"data folder {synth} disappeared during the run")

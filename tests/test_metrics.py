@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from harness.data.synth import CLASSES
-from harness.metrics import order_accuracy, reversal_pairs
+from harness.metrics import order_accuracy, order_accuracy_of, reversal_pairs
+from harness.predictions import Predictions
 
 
 def test_the_synthetic_twins_are_2k_and_2k_plus_1():
@@ -41,3 +42,11 @@ def test_clips_without_a_twin_are_left_out():
 def test_shapes_must_agree():
     with pytest.raises(ValueError, match="one label per clip"):
         order_accuracy([[0.0, 1.0]], [0, 1], {0: 1, 1: 0})
+
+
+def test_the_same_from_logged_predictions():
+    logits = [[2.0, 1.0, 9.0], [2.0, 1.0, 0.0], [0.0, 3.0, 1.0]]
+    labels = [0, 1, 2]  # right, wrong, and a clip without a twin
+    predictions = Predictions.from_logits(logits, labels, ["a", "b", "c"])
+    assert order_accuracy_of(predictions, {0: 1, 1: 0}) == order_accuracy(logits, labels, {0: 1, 1: 0}) == 50.0
+    assert order_accuracy_of(Predictions.from_json(predictions.to_json()), {0: 1, 1: 0}) == 50.0

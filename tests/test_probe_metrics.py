@@ -1,4 +1,5 @@
-"""Stratified top-1 (harness.probe): bucket edges, hand-made predictions, the bucket CSV, and fit's report."""
+"""Stratified top-1 (harness.probe): bucket edges, hand-made predictions, the bucket CSV, and per-clip predictions
+from fit that the probe's report stratifies (the trainer itself knows no bucket)."""
 from __future__ import annotations
 
 import json
@@ -9,9 +10,10 @@ import pytest
 import torch
 
 from harness import probe, train
+from harness.predictions import Predictions
 from harness.config import Backbone, Buckets, Data, Recipe, Row, Synth, TrainConfig
 from harness.data import build_loader
-from harness.data.formats import DataError, Entry
+from harness.data.formats import DataError, clip_id
 
 PROBE_SET = {"videos": 40, "frames": 8, "size": 32, "seed": 5, "val-fraction": 0.5,
              "train-size": (0.19, 0.25), "train-speed": (0.031, 0.044)}  # train medium only, val full ranges
@@ -60,7 +62,7 @@ def test_stratified_top1_on_hand_made_predictions():
     labels = np.array([0, 1, 1, 0, 2, 2])
     buckets = ["size_small/speed_fast", "size_small/speed_fast", "size_small/speed_slow",
                "size_large/speed_fast", "size_large/speed_slow", None]
-    got = probe.stratified_top1(torch.tensor(logits), torch.tensor(labels), buckets)
+    got = probe.stratified_top1(logits.argmax(1) == labels, buckets)
     assert got == {
         "val_top1/size_small/speed_fast": 50.0, "val_count/size_small/speed_fast": 2,
         "val_top1/size_small/speed_slow": 100.0, "val_count/size_small/speed_slow": 1,
@@ -74,7 +76,7 @@ def test_stratified_top1_on_hand_made_predictions():
 
 
 def test_single_part_buckets_have_no_marginals():
-    got = probe.stratified_top1(np.eye(2)[[0, 1, 1]], np.array([0, 0, 1]), ["occluded", "occluded", "clear"])
+    got = probe.stratified_top1(np.array([True, False, True]), ["occluded", "occluded", "clear"])
     assert got == {"val_top1/clear": 100.0, "val_count/clear": 1, "val_top1/occluded": 50.0, "val_count/occluded": 2}
 
 
@@ -83,14 +85,14 @@ def test_metric_names_are_accepted_by_mlflow():
     pytest.importorskip("mlflow")
     from mlflow.utils.validation import _validate_metric_name
 
-    names = probe.stratified_top1(np.eye(2), np.array([0, 1]), ["size_small/speed_fast", "size_large/speed_slow"])
+    names = probe.stratified_top1(np.array([True, True]), ["size_small/speed_fast", "size_large/speed_slow"])
     for name in names:
         _validate_metric_name(name)
 
 
 def test_stratified_top1_refuses_mismatched_lengths():
     with pytest.raises(ValueError, match="N buckets"):
-        probe.stratified_top1(np.eye(3), np.arange(3), ["a", "b"])
+        probe.stratified_top1(np.ones(3, dtype=bool), ["a", "b"])
 
 
 # --------------------------------------------------------------------------- bucket CSV
@@ -111,23 +113,30 @@ def test_bucket_csv_errors_say_what_to_fix(tmp_path):
         probe.read_bucket_csv(bad)
 
 
-def test_bucket_csv_maps_entries_by_file_stem_and_warns_on_missing(tmp_path, caplog):
+def _predictions(ids, extra=None) -> Predictions:
+    n = len(ids)
+    return Predictions(list(ids), np.zeros(n, dtype=np.int64), np.zeros((n, 1), dtype=np.int64), extra or {})
+
+
+def test_bucket_csv_maps_clips_by_id_and_warns_on_missing(tmp_path, caplog):
     csv_path = tmp_path / "b.csv"
     csv_path.write_text("clip_id,bucket\n10,near\n11,far/left\n")
-    entries = [Entry(tmp_path / f"{i}.webm", 0) for i in (10, 11, 12)] + [Entry(tmp_path / "13", 0, frames=True)]
     data = Data(format="sthv2", root=str(tmp_path), bucket_csv=str(csv_path))
-    assert probe.entry_buckets(data, entries) == ["near", "far/left", None, None]
+    clips = _predictions(["10", "11", "12", "13"])
+    assert probe.clip_buckets(data, clips) == ["near", "far/left", None, None]
     assert "2 of 4 val clips have no bucket" in caplog.text
     csv_path.write_text("clip_id,bucket\nx,near\n")
     with pytest.raises(DataError, match="none of its clip ids is in the val split"):
-        probe.entry_buckets(data, entries)
+        probe.clip_buckets(data, clips)
 
 
 def test_scale_buckets_need_size_and_speed_keys(tmp_path):
     data = Data(format="sthv2", root=str(tmp_path), buckets=Buckets())
     with pytest.raises(DataError, match="lack them.*bucket_csv"):
-        probe.entry_buckets(data, [Entry(tmp_path / "1.webm", 0, where="validation.json#0")])
-    assert probe.entry_buckets(Data(format="sthv2", root=str(tmp_path)), []) is None
+        probe.clip_buckets(data, _predictions(["1"]))
+    assert probe.clip_buckets(Data(format="sthv2", root=str(tmp_path)), _predictions([])) is None
+    both = _predictions(["1", "2"], {"size": [0.13, 0.3], "speed": [0.05, 0.02]})
+    assert probe.clip_buckets(data, both) == ["size_small/speed_fast", "size_large/speed_slow"]
 
 
 def test_data_takes_one_stratification():
@@ -152,27 +161,28 @@ def test_train_and_val_ranges_differ_when_asked(data_probe_dir):
 
 
 def test_bucket_csv_path_agrees_with_the_size_speed_path(data_probe_dir, tmp_path):
-    """A user's CSV holding the synth buckets gives the same metrics as data.buckets, through train.evaluate."""
+    """A user's CSV holding the synth buckets gives the same cells as data.buckets, from train.predict's clips."""
     by_scale = _data(data_probe_dir, buckets=Buckets())
     loader, classes = build_loader(by_scale, "val", batch_size=8, seed=0, train=False, with_index=True)
     entries = loader.dataset.entries
-    rows = [f"{probe.clip_id(e)},{probe.scale_bucket(e.extra['size'], e.extra['speed'], Buckets())}"
-            for e in entries]
+    rows = [f"{clip_id(e)},{probe.scale_bucket(e.extra['size'], e.extra['speed'], Buckets())}" for e in entries]
     (tmp_path / "buckets.csv").write_text("clip_id,bucket\n" + "\n".join(rows) + "\n")
     by_csv = _data(data_probe_dir, bucket_csv=str(tmp_path / "buckets.csv"))
-    assert probe.entry_buckets(by_csv, entries) == probe.entry_buckets(by_scale, entries)
 
     torch.manual_seed(0)
     model = _MeanColour(len(classes))
-    got = train.evaluate(model, loader, buckets=probe.entry_buckets(by_csv, entries))
-    assert got == train.evaluate(model, loader, buckets=probe.entry_buckets(by_scale, entries))
+    metrics, clips = train.predict(model, loader)
+    assert sorted(clips.ids) == sorted(clip_id(e) for e in entries)  # every val clip, once
+    assert probe.clip_buckets(by_csv, clips) == probe.clip_buckets(by_scale, clips)
+    got = probe.stratified_top1(clips.correct(1), probe.clip_buckets(by_scale, clips))
     cells = {k: v for k, v in got.items() if k.startswith("val_count/size_") and "/speed_" in k}
     assert sum(cells.values()) == len(entries) == 20
     weighted = sum(got[k.replace("val_count", "val_top1")] * n for k, n in cells.items()) / len(entries)
-    assert weighted == pytest.approx(got["val_top1"])
+    assert weighted == pytest.approx(metrics["val_top1"])  # the cells add up to the top-1 evaluate gives
+    assert metrics == train.evaluate(model, loader)
     with pytest.raises(ValueError, match="with_index=True"):
         plain, _ = build_loader(by_scale, "val", batch_size=8, seed=0, train=False)
-        train.evaluate(model, plain, buckets=probe.entry_buckets(by_scale, entries))
+        train.predict(model, plain)
 
 
 class _MeanColour(torch.nn.Module):
@@ -186,18 +196,21 @@ class _MeanColour(torch.nn.Module):
         return self.fc(x.mean(dim=(1, 3, 4)))
 
 
-def test_fit_reports_the_cells_with_the_last_epoch_only(data_probe_dir, tmp_path):
+def test_fit_keeps_per_clip_predictions_of_the_last_epoch_that_hold_the_cells(data_probe_dir, tmp_path):
     cfg = TrainConfig(name="probe", backbone=Backbone(arch="tiny", width=4), row=Row(block="tsm"), seed=0,
                       data=_data(data_probe_dir, buckets=Buckets()),
                       recipe=Recipe(epochs=2, batch_size=10, lr=0.02, schedule="cosine", threads=1))
-    result = train.fit(cfg, tmp_path / "out")
-    first, last = result.history
-    assert not any(k.startswith("val_top1/") for k in first)
+    reports = []
+    result = train.fit(cfg, tmp_path / "out", report=lambda m, _: reports.append(m))
+    assert [train.PREDICTIONS_KEY in r for r in reports] == [False, True]  # the last epoch's only
+    assert not any(k.startswith("val_top1/") for r in result.history for k in r)  # no bucket in the trainer
+    clips = result.predictions
+    assert len(clips) == 20 and clips.top1() == pytest.approx(result.last_top1)
+    assert set(clips.extra) == {"size", "speed"}  # the annotation's numbers ride along
+    saved = Predictions.from_json(json.loads((tmp_path / "out" / "predictions.json").read_text()))
+    assert saved.to_json() == clips.to_json()
+    got = probe.stratified_top1(clips.correct(1), probe.clip_buckets(cfg.data, clips))
     nine = {f"size_{a}/speed_{b}" for a in probe.SIZE_NAMES for b in probe.SPEED_NAMES}
-    cells = {k.split("/", 1)[1] for k in last if k.startswith("val_top1/") and k.count("/") == 2}
+    cells = {k.split("/", 1)[1] for k in got if k.startswith("val_top1/") and k.count("/") == 2}
     assert len(cells) >= 4 and cells <= nine  # 20 val clips: most of the nine cells, no other name
-    marginals = {k.split("/", 1)[1] for k in last if k.startswith("val_top1/") and k.count("/") == 1}
-    assert marginals == {part for cell in cells for part in cell.split("/")}
-    assert sum(v for k, v in last.items() if k.startswith("val_count/size_") and "/speed_" in k) == 20
-    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())[-1]
-    assert saved["val_top1/size_small"] == last["val_top1/size_small"]
+    assert sum(v for k, v in got.items() if k.startswith("val_count/size_") and "/speed_" in k) == 20

@@ -10,15 +10,18 @@ import json
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 from conftest import clean_env, harness, kill_driver, start_harness, tiny_study_text, tracker_for
 from pydantic import ValidationError
 
-from harness import search as searching
+from harness import space
 from harness.config import Search, Study, load_study
 from harness.errors import describe
+from harness.study import search as planning
+from harness.tables import search as report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,16 +30,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_rf_search_study_gives_optuna_a_static_space_with_zero_as_a_choice():
     study = load_study(REPO / "studies" / "rf_search.yaml")
-    dists = searching.distributions(study.search)
+    dists = space.distributions(study.search)
     assert set(dists) == {"spatial_rf", "temporal_rf", "proportion", "fusion", "alpha_zero", "alpha_log",
                           "beta_zero", "beta_log", "lr"}
     assert dists["proportion"].choices == (0.5, 0.25, 0.125, 0.0625)
     assert dists["alpha_zero"].choices == (False, True) and dists["alpha_log"].log
     params = {"spatial_rf": 7, "temporal_rf": 3, "proportion": 0.125, "fusion": "shuffle", "alpha_zero": True,
               "alpha_log": 0.003, "beta_zero": False, "beta_log": 2e-4, "lr": 0.02}
-    values = searching.decode(study.search, params)
+    values = space.decode(study.search, params)
     assert values["alpha"] == 0.0 and values["beta"] == 2e-4 and values["spatial_rf"] == 7
-    cfg = searching.train_config(study, "laptop", study.profiles["laptop"], values, "k")
+    cfg = planning.train_config(study, "laptop", study.profiles["laptop"], values, "k")
     assert cfg.row.block == "vps" and cfg.row.options["spatial_rf"] == 7 and cfg.row.options["fusion"] == "shuffle"
     assert (cfg.recipe.alpha, cfg.recipe.beta, cfg.recipe.lr) == (0.0, 2e-4, 0.02)
     assert cfg.recipe.epochs == study.profiles["laptop"].recipe.epochs  # the rest is the profile's
@@ -106,8 +109,8 @@ def test_pareto_front_keeps_ties_and_drops_dominated_and_incomplete_trials():
     frame = pd.DataFrame({"gflops": [9.0, 9.0, 10.0, 8.0, 8.5, 11.0],
                           "top1": [60.0, 60.0, 70.0, 40.0, 39.0, 99.0],
                           "complete": [True, True, True, True, True, False]})
-    assert searching.pareto_mask(frame).tolist() == [True, True, True, True, False, False]
-    assert searching.dominating(frame, frame.iloc[4]).index.tolist() == [3]
+    assert report.pareto_mask(frame).tolist() == [True, True, True, True, False, False]
+    assert report.dominating(frame, frame.iloc[4]).index.tolist() == [3]
 
 
 # ----------------------------------------------------------------------------- the sampler receives the results
@@ -122,14 +125,14 @@ def _searcher(*, seed: int = 0, sampler=None, multi: bool = False):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from harness import tune as tuning
+    from harness.tune import search as tuning
 
     search = Search.model_validate({"space": SPACE, "budget": {"laptop": {}}, "seed": seed,
                                     "startup_trials": STARTUP})
-    dists = searching.distributions(search)
+    dists = space.distributions(search)
 
-    def make_spec(trial_id, params, number):
-        return {"gflops": float(params["spatial_rf"])}
+    def make_spec(trial_id, params, number):  # what the searcher reads of a TrialSpec
+        return SimpleNamespace(gflops=float(params["spatial_rf"]))
 
     if sampler is None:
         return tuning.search_algorithm(dists, make_spec, metric="val_top1", multi_objective=multi, seed=seed,
@@ -146,8 +149,8 @@ def _drive(alg, objective, n: int = N, budget: float | None = None) -> list[dict
         cfg = alg.suggest(f"t{i}")
         params = {k: v for k, v in cfg.items() if k != "trial"}
         seen.append(params)
-        if budget is not None and cfg["trial"]["gflops"] > budget:  # what search_trainable reports
-            alg.on_trial_complete(f"t{i}", {"final": 1, "pruned_flops": 1, "gflops": cfg["trial"]["gflops"]})
+        if budget is not None and cfg["trial"].gflops > budget:  # what the trainable reports
+            alg.on_trial_complete(f"t{i}", {"final": 1, "pruned_flops": 1})
             continue
         alg.on_trial_result(f"t{i}", {"epoch": 1, "training_iteration": 1, "val_top1": objective(params)})
         alg.on_trial_complete(f"t{i}", {"final": 1, "best_top1": 0.0})  # the summary: no per-epoch metric
@@ -244,12 +247,12 @@ def write_search(folder: Path, root: Path, *, samples: int, concurrent: int, bud
 def _children(folder: Path):
     t = tracker_for(folder)
     parents = t.parents("tiny_search")
-    children = {k: r for p in parents for k, r in t.children(p.info.run_id).items()}
+    children = {k: r for p in parents for k, r in t.children(p.run_id).items()}
     return t, parents, children
 
 
 def _raw(run) -> dict:
-    return {k.removeprefix("search."): json.loads(v) for k, v in run.data.params.items() if k.startswith("search.")}
+    return {k.removeprefix("search."): json.loads(v) for k, v in run.params.items() if k.startswith("search.")}
 
 
 @pytest.mark.slow
@@ -260,24 +263,24 @@ def test_search_of_four_trials_end_to_end(tmp_path, synth_root):
     assert "# tiny_search: search over proportion, lr, alpha" in r.stdout
 
     t, parents, children = _children(tmp_path)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(parents) == 1 and parents[0].status == "FINISHED"
     parent = parents[0]
-    assert parent.data.metrics["reference_gflops"] > 0 and "TPE" in parent.data.params["sampler"]
+    assert parent.metrics["reference_gflops"] > 0 and "TPE" in parent.params["sampler"]
     assert len(children) == 4
     assert {k.rsplit("/", 1)[0] for k in children} == {"tiny_search/laptop"}
-    assert sorted(int(c.data.tags["harness.search_trial"]) for c in children.values()) == [1, 2, 3, 4]
-    pruned = {k for k, c in children.items() if c.data.tags.get("harness.pruned") == "flops"}
+    assert sorted(int(c.tags["harness.search_trial"]) for c in children.values()) == [1, 2, 3, 4]
+    pruned = {k for k, c in children.items() if c.tags.get("harness.pruned") == "flops"}
     for key, run in children.items():
-        m, p = run.data.metrics, run.data.params
-        assert run.info.status == "FINISHED", key
-        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        m, p = run.metrics, run.params
+        assert run.status == "FINISHED", key
+        assert run.tags["mlflow.parentRunId"] == parent.run_id
         assert float(p["row.proportion"]) == _raw(run)["proportion"]  # the sampled value is what trained
         assert float(p["recipe.alpha"]) == (0.0 if _raw(run)["alpha_zero"] else _raw(run)["alpha_log"])
         over = m["profile_gflops_16"] > BUDGET
         assert (key in pruned) == over, (key, m["profile_gflops_16"])
-        history = t.client.get_metric_history(run.info.run_id, "val_top1")
+        history = t.client.get_metric_history(run.run_id, "val_top1")
         if over:
-            assert history == [] and "over the budget" in run.data.tags["harness.reason"]
+            assert history == [] and "over the budget" in run.tags["harness.reason"]
         else:
             assert [h.step for h in history] == [1]
             assert m["best_top1"] == m["val_top1"]  # the closing summary arrived (ASHA let it finish)
@@ -287,25 +290,23 @@ def test_search_of_four_trials_end_to_end(tmp_path, synth_root):
     md = (results / "tiny_search.md").read_text()
     for key, run in children.items():
         if key not in pruned:
-            assert f"| #{run.data.tags['harness.search_trial']} " in md
+            assert f"| #{run.tags['harness.search_trial']} " in md
     assert "## Pareto front" in md and "## The paper's choice" in md
     for png in ("tiny_search_pareto.png", "tiny_search_importance.png"):
         assert (results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len((results / "tiny_search.csv").read_text().strip().splitlines()) == 1 + 4
-    artifacts = {a.path for a in t.client.list_artifacts(parent.info.run_id, "results")}
+    artifacts = {a.path for a in t.client.list_artifacts(parent.run_id, "results")}
     assert {"results/tiny_search.md", "results/tiny_search_pareto.png",
             "results/tiny_search_importance.png"} <= artifacts
 
     # the outputs come from MLflow alone: `harness tables` rebuilds the same report
-    from harness.tables import write
-
-    paths = write(load_study(tmp_path / "tiny.yaml"), "laptop", t, out_dir=tmp_path / "rebuilt")
-    assert paths["md"].read_text() == md
+    rebuilt = report.write(load_study(tmp_path / "tiny.yaml"), "laptop", t, None, tmp_path / "rebuilt")
+    assert rebuilt.paths["md"].read_text() == md
 
 
 @pytest.mark.slow
 def test_resume_after_sigkill_finishes_the_search_and_optuna_keeps_what_it_learnt(tmp_path, synth_root):
-    from harness import tune as tuning
+    from harness.tune import search as tuning
 
     write_search(tmp_path, synth_root, samples=5, concurrent=1, budget=None)
     marker = uuid.uuid4().hex
@@ -318,7 +319,7 @@ def test_resume_after_sigkill_finishes_the_search_and_optuna_keeps_what_it_learn
             while time.monotonic() < deadline and proc.poll() is None:
                 if "Ray experiment" in log_path.read_text():  # the store exists: safe to open
                     try:
-                        before = {k: r for k, r in _children(tmp_path)[2].items() if r.info.status == "FINISHED"}
+                        before = {k: r for k, r in _children(tmp_path)[2].items() if r.status == "FINISHED"}
                     except Exception:  # noqa: BLE001 - the store may be mid-write
                         before = {}
                     if len(before) >= 2:
@@ -333,28 +334,28 @@ def test_resume_after_sigkill_finishes_the_search_and_optuna_keeps_what_it_learn
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     assert "restoring Ray experiment" in r.stderr
     t, parents, children = _children(tmp_path)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    finished = {k: c for k, c in children.items() if c.info.status == "FINISHED"}
+    assert len(parents) == 1 and parents[0].status == "FINISHED"
+    finished = {k: c for k, c in children.items() if c.status == "FINISHED"}
     for key, run in children.items():  # a trial sampled after the last saved state is re-sampled, not kept
-        assert key in finished or (run.info.status == "KILLED" and run.data.tags["harness.lost"] == "1"), key
-    numbers = sorted(int(c.data.tags["harness.search_trial"]) for c in finished.values())
+        assert key in finished or (run.status == "KILLED" and run.tags["harness.lost"] == "1"), key
+    numbers = sorted(int(c.tags["harness.search_trial"]) for c in finished.values())
     assert numbers == [1, 2, 3, 4, 5]
     for key, run in before.items():  # finished before the kill: the same child, not logged again
-        assert finished[key].info.run_id == run.info.run_id
-        assert finished[key].data.metrics["val_top1"] == run.data.metrics["val_top1"]
+        assert finished[key].run_id == run.run_id
+        assert finished[key].metrics["val_top1"] == run.metrics["val_top1"]
 
     # An Optuna that remembers every result before the kill, fed the stored results in order, suggests
     # exactly what the resumed search trained. One that had started afresh would have suggested its
     # first (random) draws again after the resume.
     study: Study = load_study(tmp_path / "tiny.yaml")
     s = study.search
-    replay = tuning.search_algorithm(searching.distributions(s), lambda *a: {"gflops": 0.0}, metric=s.metric,
-                                     multi_objective=False, seed=s.seed, startup_trials=s.startup_trials,
+    replay = tuning.search_algorithm(space.distributions(s), lambda *a: SimpleNamespace(gflops=0.0),
+                                     metric=s.metric, multi_objective=False, seed=s.seed, startup_trials=s.startup_trials,
                                      population_size=s.population_size, max_concurrent=1)
-    for run in sorted(finished.values(), key=lambda c: int(c.data.tags["harness.search_trial"])):
-        n = run.data.tags["harness.search_trial"]
+    for run in sorted(finished.values(), key=lambda c: int(c.tags["harness.search_trial"])):
+        n = run.tags["harness.search_trial"]
         cfg = replay.suggest(f"replay{n}")
         assert {k: v for k, v in cfg.items() if k != "trial"} == _raw(run), f"trial #{n}"
         replay.on_trial_result(f"replay{n}", {"epoch": 1, "training_iteration": 1,
-                                              "val_top1": run.data.metrics["val_top1"]})
+                                              "val_top1": run.metrics["val_top1"]})
         replay.on_trial_complete(f"replay{n}", {"final": 1})

@@ -38,9 +38,9 @@ def test_study_trials_land_on_both_nodes_of_a_cluster(cluster, tmp_path, monkeyp
     assert main(["run", "spread.yaml", "--address", cluster.address]) == 0
     t = Tracker(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     parent = t.latest_parent("spread", "laptop")
-    children = t.children(parent.info.run_id)
-    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children.values())
-    nodes = {r.data.tags["harness.node_id"] for r in children.values()}
+    children = t.children(parent.run_id)
+    assert len(children) == 2 and all(r.status == "FINISHED" for r in children.values())
+    nodes = {r.tags["harness.node_id"] for r in children.values()}
     cluster_nodes = {n.node_id for n in cluster.list_all_nodes()}
     assert nodes == cluster_nodes and len(nodes) == 2, (nodes, cluster_nodes)
 

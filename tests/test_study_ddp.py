@@ -151,18 +151,18 @@ def test_study_row_trains_data_parallel_on_two_cpu_workers(tmp_path, synth_root,
     assert main(["run", "tiny.yaml"]) == 0
 
     t, parents, children = study_runs(tmp_path)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(parents) == 1 and parents[0].status == "FINISHED"
     run = children[KEY]
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["harness.backend"] == "gloo"
-    assert run.data.tags["harness.world_size"] == "2"
-    history = {m: [(x.step, x.value) for x in t.client.get_metric_history(run.info.run_id, m)]
+    assert run.status == "FINISHED"
+    assert run.tags["harness.backend"] == "gloo"
+    assert run.tags["harness.world_size"] == "2"
+    history = {m: [(x.step, x.value) for x in t.client.get_metric_history(run.run_id, m)]
                for m in ("epoch", "world_size", "val_top1", "train_loss")}
     assert history["epoch"] == [(1, 1.0)] and history["world_size"] == [(1, 2.0)]
     assert len(history["val_top1"]) == 1 and 0.0 <= history["val_top1"][0][1] <= 100.0
     assert history["train_loss"][0][1] > 0.0
-    assert run.data.metrics["epochs_done"] == 1
-    assert run.data.metrics["best_top1"] == history["val_top1"][0][1]
+    assert run.metrics["epochs_done"] == 1
+    assert run.metrics["best_top1"] == history["val_top1"][0][1]
     # rank 0's checkpoint went to Ray Train's run under the experiment, one run for the one trial
     checkpoints = list((tmp_path / "work" / "ray" / "tiny").glob("*/ddp/Ours-seed0_*/checkpoint_*/last.pt"))
     assert len(checkpoints) == 1, checkpoints

@@ -57,32 +57,32 @@ def test_run_writes_parent_and_child_runs_and_tables_from_mlflow(tmp_path, synth
     assert "harness ui" in r.stdout and "| TSM" in r.stdout
 
     t, parents, children = study_runs(tmp_path)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(parents) == 1 and parents[0].status == "FINISHED"
     parent = parents[0]
-    assert parent.data.tags["harness.profile"] == "laptop" and "harness.git_commit" in parent.data.tags
+    assert parent.tags["harness.profile"] == "laptop" and "harness.git_commit" in parent.tags
     assert set(children) == KEYS
     for key, run in children.items():
-        assert run.info.status == "FINISHED", key
-        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-        assert tags["harness.trial_key"] == key and tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.status == "FINISHED", key
+        tags, params, metrics = run.tags, run.params, run.metrics
+        assert tags["harness.trial_key"] == key and tags["mlflow.parentRunId"] == parent.run_id
         assert f"tiny/laptop/{tags['harness.row']}/seed{tags['harness.seed']}" == key
         assert "harness.git_commit" in tags and tags["harness.node_id"]
-        assert tags["harness.protocol"] == parent.data.tags["harness.protocol"]  # issue 14: traced per trial
-        assert tags["harness.data_fingerprint"] == parent.data.tags["harness.data_fingerprint"] != "unavailable"
+        assert tags["harness.protocol"] == parent.tags["harness.protocol"]  # issue 14: traced per trial
+        assert tags["harness.data_fingerprint"] == parent.tags["harness.data_fingerprint"] != "unavailable"
         assert params["recipe.epochs"] == "2" and params["row.block"] in ("tsn", "tsm")
         assert params["data.root"] == str(synth_root)  # resolved config, flattened
         assert metrics["profile_params"] > 20e6 and metrics["profile_gflops_112"] > 0  # no paper profile:
         assert metrics["profile_frames"] == 8  # the paper's 8 frames at 112 px, not the laptop's 4 at 16
-        steps = sorted(m.step for m in t.client.get_metric_history(run.info.run_id, "val_top1"))
+        steps = sorted(step for step, _ in t.metric_history(run.run_id, "val_top1"))
         assert steps == [1, 2]
-    artifacts = {a.path for a in t.client.list_artifacts(parent.info.run_id)}
+    artifacts = {a.path for a in t.client.list_artifacts(parent.run_id)}
     assert "study.resolved.yaml" in artifacts and "results" in artifacts
 
     import pandas as pd
 
     csv = pd.read_csv(tmp_path / "results" / "tiny.csv").set_index("row")
     for row in ("TSN", "TSM"):
-        last = [children[f"tiny/laptop/{row}/seed{s}"].data.metrics["val_top1"] for s in (0, 1)]
+        last = [children[f"tiny/laptop/{row}/seed{s}"].metrics["val_top1"] for s in (0, 1)]
         assert csv.loc[row, "top1_mean"] == pytest.approx(sum(last) / 2, abs=1e-3)
         assert csv.loc[row, "seeds"] == 2
     # the tables come from MLflow alone: rebuild them without the run's results
@@ -116,14 +116,14 @@ def test_resume_after_driver_sigkill_finishes_every_trial_exactly_once(tmp_path,
                     _, _, before = study_runs(tmp_path)
                 except Exception:  # noqa: BLE001 - the store may be mid-creation
                     before = {}
-                if any(r.info.status == "FINISHED" for r in before.values()):
+                if any(r.status == "FINISHED" for r in before.values()):
                     break
             time.sleep(0.3)
         assert proc.poll() is None, "the driver finished before it could be killed:\n" + (tmp_path / "killed.log").read_text()[-3000:]
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
         kill_marked(marker)
-        finished_before = {k for k, r in before.items() if r.info.status == "FINISHED"}
+        finished_before = {k for k, r in before.items() if r.status == "FINISHED"}
         assert finished_before and finished_before != KEYS
 
         r = harness(["run", "tiny.yaml", "--resume"], tmp_path, env=env)
@@ -131,17 +131,17 @@ def test_resume_after_driver_sigkill_finishes_every_trial_exactly_once(tmp_path,
         assert "restoring Ray experiment" in r.stderr  # Tuner.restore, not a fresh experiment
         t, parents, children = study_runs(tmp_path)
         assert len(parents) == 1, "--resume must re-attach to the killed invocation's parent run"
-        assert parents[0].info.status == "FINISHED"
+        assert parents[0].status == "FINISHED"
         assert set(children) == KEYS
         for key, run in children.items():
-            assert run.info.status == "FINISHED", key
+            assert run.status == "FINISHED", key
             if key in before:  # the same child run, updated in place
-                assert run.info.run_id == before[key].info.run_id
+                assert run.run_id == before[key].run_id
             for metric in ("epoch", "val_top1", "train_loss"):
-                steps = sorted(m.step for m in t.client.get_metric_history(run.info.run_id, metric))
+                steps = sorted(step for step, _ in t.metric_history(run.run_id, metric))
                 assert steps == [1, 2, 3, 4], (key, metric, steps)
         for key in finished_before:  # finished trials were not logged again
-            assert children[key].data.metrics["best_top1"] == before[key].data.metrics["best_top1"]
+            assert children[key].metrics["best_top1"] == before[key].metrics["best_top1"]
     finally:
         log.close()
         if proc.poll() is None:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from harness.config import load_study
-from harness.tracking import Tracker
+from harness.tracking import NewChild, Tracker
 
 STUDY = """
 name: mini
@@ -52,10 +52,10 @@ FAKE = {("TSN", 0): [(10.0, 50.0), (12.0, 55.0)], ("TSN", 1): [(14.0, 52.0), (11
 
 
 def _trials(study):
-    return [{"key": f"mini/laptop/{row}/seed{seed}", "name": f"{row} seed{seed}",
-             "tags": {"harness.row": row, "harness.seed": str(seed)},
-             "params": {"row.block": study.rows[row].block, "recipe.lr": 0.01, "seed": seed},
-             "metrics": {"profile_params": 23_864_558, "profile_gflops_224": 32.9}}
+    return [NewChild(f"mini/laptop/{row}/seed{seed}", f"{row} seed{seed}",
+                     {"harness.row": row, "harness.seed": str(seed)},
+                     {"row.block": study.rows[row].block, "recipe.lr": 0.01, "seed": seed},
+                     {"profile_params": 23_864_558, "profile_gflops_224": 32.9})
             for (row, seed) in FAKE]
 
 
@@ -83,11 +83,11 @@ def test_child_runs_are_keyed_and_epochs_logged_once(tracker, study):
     assert sorted(children) == sorted(ids)
     history = tracker.client.get_metric_history(rid, "val_top1")
     assert sorted((m.step, m.value) for m in history) == [(1, 30.0), (2, 60.0)]
-    run = tracker.client.get_run(rid)
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["mlflow.parentRunId"] == parent
-    assert run.data.params["row.block"] == "tsm"
-    assert run.data.metrics["best_top1"] == 60.0
+    run = tracker.run(rid)
+    assert run.status == "FINISHED"
+    assert run.tags["mlflow.parentRunId"] == parent
+    assert run.params["row.block"] == "tsm"
+    assert run.metrics["best_top1"] == 60.0
 
 
 def test_resumed_trial_continues_its_own_run(tracker, study):
@@ -108,13 +108,13 @@ def test_resumed_trial_continues_its_own_run(tracker, study):
 
 
 def test_table_from_mlflow_has_mean_std_paper_and_delta(tracker, study, tmp_path):
-    from harness import tables
+    from harness.tables import grid as tables
 
     parent = tracker.start_parent("mini", "laptop", params={}, tags={"harness.seeds": "2",
                                                                      "harness.git_commit": "abc123"})
     _fill(tracker, study, parent)
     tracker.finish(parent, "FINISHED")
-    paths = tables.write(study, "laptop", Tracker(tracker.uri), out_dir=tmp_path / "results")
+    paths = tables.write(study, "laptop", Tracker(tracker.uri), out_dir=tmp_path / "results").paths
     csv = pd.read_csv(paths["csv"]).set_index("row")
     assert {"row", "params", "top1_mean", "top1_std", "seeds", "paper_top1"} <= set(csv.reset_index().columns)
     assert list(csv.index) == ["TSN", "TSM"]  # the study's order

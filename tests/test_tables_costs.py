@@ -1,7 +1,7 @@
 """Table 4's cost targets: GFLOPs per view of each study row at its own frames and side, against the paper.
 
 fvcore, one multiply-add = one FLOP, ResNet-50 with a 174-class head, batch 1
-(``harness.run.profile_rows``, what ``harness run`` logs on every child run).
+(``harness.study.plan.profile_rows``, what ``harness run`` logs on every child run).
 The paper's figures are read from results/paper/table4.csv; the tolerance is 3%.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from harness.config import Row, load_study, row_data
 from harness.profile import profile_row
-from harness.run import profile_rows
+from harness.study.plan import profile_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLDS = ["TSM 8x1x1", "TSM 16x1x1", "GST 8x1x1", "GST 16x1x1", "Ours 8x1x1", "Ours 16x1x1"]
@@ -23,7 +23,7 @@ HOLDS = ["TSM 8x1x1", "TSM 16x1x1", "GST 8x1x1", "GST 16x1x1", "Ours 8x1x1", "Ou
 def table4():
     study = load_study(ROOT / "studies" / "table4.yaml")
     paper = pd.read_csv(ROOT / "results" / "paper" / "table4.csv").set_index("row")
-    # [224]: what harness.run.profile_sizes gives table4, so `harness run --dry-run` reuses these counts
+    # [224]: what harness.study.plan.profile_sizes gives table4, so `harness run --dry-run` reuses these counts
     return study, profile_rows(study, [224]), paper
 
 

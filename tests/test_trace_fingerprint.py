@@ -173,28 +173,28 @@ def test_cli_unusable_arguments_exit_2(tmp_path, capsys):
 
 def run_trials(root, rows=("TSN", "TSM"), seeds=1):
     """`harness run`'s plan for a tiny study over the synth set at ``root`` (nothing is trained)."""
-    from harness import run
     from harness.config import Study
+    from harness.study import grid
 
     study = Study.model_validate({
         "name": "mini", "num_classes": 4,
         "profiles": {"laptop": {"backbone": {"arch": "tiny", "width": 4}, "seeds": seeds,
                                 "data": {"format": "synth", "root": str(root), "frames": 4, "size": 16}}},
         "rows": {r: {"block": r.lower()} for r in rows}})
-    return run.plan(study, "laptop", study.profiles["laptop"])
+    return grid.plan(study, "laptop", study.profiles["laptop"]).trials
 
 
 def test_every_trial_gets_the_fingerprint_of_its_data_computed_once(data_synth_dir, monkeypatch):
     import harness.data.fingerprint as fp
-    from harness import run
+    from harness.study import engine
 
     calls = []
     real = fp.fingerprint
-    monkeypatch.setattr(fp, "fingerprint", lambda data, split: calls.append(split) or real(data, split))
+    monkeypatch.setattr(engine, "fingerprint", lambda data, split: calls.append(split) or real(data, split))
     trials = run_trials(data_synth_dir, seeds=2)
-    prints = run.data_fingerprints(trials)
+    prints = engine.data_fingerprints(t.config.data for t in trials)
     assert sorted(calls) == ["train", "val"]  # 4 trials, one data copy: each split read once
-    tags = {t.key: run.trace_tags(t, prints) for t in trials}
+    tags = {t.key: engine.trace_tags(t.config.data, prints) for t in trials}
     assert len({frozenset(v.items()) for v in tags.values()}) == 1
     one = next(iter(tags.values()))
     data = trials[0].config.data
@@ -205,40 +205,40 @@ def test_every_trial_gets_the_fingerprint_of_its_data_computed_once(data_synth_d
 
 
 def test_another_copy_of_the_data_gets_another_fingerprint(tmp_path, data_synth_dir):
-    from harness import run
+    from harness.study.engine import data_fingerprints
 
     copy = tmp_path / "copy"
     shutil.copytree(data_synth_dir, copy)
-    original = list(run.data_fingerprints(run_trials(data_synth_dir)).values())
-    assert list(run.data_fingerprints(run_trials(copy)).values()) == original  # same bytes elsewhere: same
+    original = list(data_fingerprints(t.config.data for t in run_trials(data_synth_dir)).values())
+    assert list(data_fingerprints(t.config.data for t in run_trials(copy)).values()) == original  # same bytes elsewhere: same
     labels = json.loads((copy / "labels.json").read_text())
     (copy / "labels.json").write_text(json.dumps(dict(reversed(list(labels.items())))))  # classes reordered
-    [changed] = run.data_fingerprints(run_trials(copy)).values()
+    [changed] = data_fingerprints(t.config.data for t in run_trials(copy)).values()
     assert changed["harness.data_fingerprint"] != original[0]["harness.data_fingerprint"]
     assert changed["harness.data_fingerprint.val"] != original[0]["harness.data_fingerprint.val"]
 
 
 def test_data_that_cannot_be_read_is_tagged_unavailable(tmp_path, caplog):
-    from harness import run
+    from harness.study.engine import data_fingerprints
 
-    prints = run.data_fingerprints(run_trials(tmp_path / "missing"))
+    prints = data_fingerprints(t.config.data for t in run_trials(tmp_path / "missing"))
     assert list(prints.values()) == [{"harness.data_fingerprint": "unavailable"}]
     assert "data fingerprint of" in caplog.text
 
 
 def test_a_resumed_trial_whose_data_changed_says_so(tmp_path, caplog):
-    from harness import run
-    from harness.tracking import Tracker
+    from harness.study.engine import retag_resumed
+    from harness.tracking import NewChild, Tracker
 
     t = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = t.start_parent("mini", "laptop", params={}, tags={})
-    ids = t.ensure_children(parent, [{"key": k, "name": k, "tags": {"harness.data_fingerprint": "old"}}
+    ids = t.ensure_children(parent, [NewChild(k, k, {"harness.data_fingerprint": "old"})
                                      for k in ("fresh", "started", "same")])
     t.log_epoch(ids["started"], {"epoch": 1, "val_top1": 10.0})
-    runs = {k: t.client.get_run(i) for k, i in ids.items()}
+    runs = {k: t.run(i) for k, i in ids.items()}
     now = {"harness.data_fingerprint": "new", "harness.data_fingerprint.val": "v"}
-    run.retag_resumed(t, runs, {"fresh": now, "started": now, "same": {"harness.data_fingerprint": "old"}})
-    tags = {k: t.client.get_run(i).data.tags for k, i in ids.items()}
+    retag_resumed(t, runs, {"fresh": now, "started": now, "same": {"harness.data_fingerprint": "old"}})
+    tags = {k: t.run(i).tags for k, i in ids.items()}
     assert tags["fresh"]["harness.data_fingerprint"] == "new"  # not started: trains on today's data only
     assert tags["started"]["harness.data_fingerprint"] == "old+new"  # the tables flag a mixed fingerprint
     assert tags["same"]["harness.data_fingerprint"] == "old"

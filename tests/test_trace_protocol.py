@@ -128,9 +128,11 @@ def test_the_eval_loader_names_the_short_video(tmp_path, data_media, caplog):
 
 
 def test_each_child_run_stores_its_protocol_and_the_table_header_reads_it(tmp_path):
-    from harness import run, tables
     from harness.config import Study
-    from harness.tracking import Tracker
+    from harness.study import engine, grid
+    from harness.study.plan import RunOptions
+    from harness.tables import grid as tables
+    from harness.tracking import NewChild, Tracker
 
     study = Study.model_validate({
         "name": "mini", "num_classes": 4,
@@ -138,15 +140,13 @@ def test_each_child_run_stores_its_protocol_and_the_table_header_reads_it(tmp_pa
                                 "data": {"format": "synth", "root": str(tmp_path / "synth"), "frames": 4,
                                          "size": 16, "test_clips": 2, "test_crops": 3}}},
         "rows": {"TSN": {"block": "tsn"}, "TSM": {"block": "tsm"}}})
-    trials = run.plan(study, "laptop", study.profiles["laptop"])
-    trace = {t.key: run.trace_tags(t, {}) for t in trials}
+    plan = grid.plan(study, "laptop", study.profiles["laptop"])
+    trials = [t.with_trace(engine.trace_tags(t.config.data, {})) for t in plan.trials]
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    parent = run.start_parent_run(tracker, study, "laptop", study.profiles["laptop"], trials,
-                                  study_path="mini.yaml", commit="abc")
-    profiles = {r: {"params": 1, "gflops": {}} for r in study.rows}
-    ids = tracker.ensure_children(parent, run.child_specs(trials, profiles, trace, "abc"))
+    parent = engine.start_parent(tracker, plan, RunOptions("mini.yaml"), "abc")
+    ids = tracker.ensure_children(parent, [NewChild.of(t) for t in trials])
     for t in trials:
-        assert tracker.client.get_run(ids[t.key]).data.tags["harness.protocol"] == "4f-16-2x3"
+        assert tracker.run(ids[t.key]).tags["harness.protocol"] == "4f-16-2x3"
         tracker.log_epoch(ids[t.key], {"epoch": 1, "val_top1": 50.0})
         tracker.finish_child(ids[t.key], "FINISHED", summary={"last_top1": 50.0, "best_top1": 50.0})
     md = tables.render(study, "laptop", tracker.read_study("mini", "laptop", parent))[2]["md"]

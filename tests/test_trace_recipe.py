@@ -8,9 +8,12 @@ import logging
 import pytest
 import yaml
 
-from harness import run
+from harness.cli import commands
 from harness.config import Recipe, Study
-from harness.tracking import Tracker
+from harness.study import engine, grid
+from harness.study.plan import RunOptions
+from harness.tracking import NewChild, Tracker
+from harness.trial import TrialSpec
 
 SOURCES = {k: f"assumed: test value of {k}" for k in Recipe.model_fields} | {
     "lr": "paper: Sec. 4 (0.01)", "batch_size": "paper: Sec. 4 (64)", "momentum": "reference-code: tsm"}
@@ -27,9 +30,13 @@ def study_dict(**recipe) -> dict:
             "rows": {"TSN": {"block": "tsn"}, "TSM": {"block": "tsm", "recipe": {"lr": 0.02}}}}
 
 
-def trials(profile: str = "paper", **recipe) -> list[run.Trial]:
+def plan(profile: str = "paper", **recipe) -> grid.GridPlan:
     study = Study.model_validate(study_dict(**recipe))
-    return run.plan(study, profile, study.profiles[profile])
+    return grid.plan(study, profile, study.profiles[profile])
+
+
+def trials(profile: str = "paper", **recipe) -> list[TrialSpec]:
+    return plan(profile, **recipe).trials
 
 
 # ----------------------------------------------------------------------------- lr scaling
@@ -56,8 +63,10 @@ def test_the_optimizer_gets_the_scaled_lr():
 
 
 def test_unscaled_lr_at_another_batch_is_a_warning(caplog):
-    with caplog.at_level(logging.INFO, logger="harness.run"):
-        messages = run.check_lr_scaling(trials(batch_size=20, scale_lr=False))
+    planned = trials(batch_size=20, scale_lr=False)  # the plan warns too; count the check's own warnings
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="harness.study.grid"):
+        messages = grid.check_lr_scaling(planned)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == messages and len(warnings) == 2  # TSN at lr 0.01, TSM at its own lr 0.02
     tsn = next(m for m in warnings if "TSN" in m)
@@ -67,8 +76,9 @@ def test_unscaled_lr_at_another_batch_is_a_warning(caplog):
 
 @pytest.mark.parametrize("recipe", [{"batch_size": 20}, {"batch_size": 64, "scale_lr": False}])
 def test_scaled_lr_or_the_reference_batch_is_not_a_warning(caplog, recipe):
-    with caplog.at_level(logging.INFO, logger="harness.run"):
-        assert run.check_lr_scaling(trials(**recipe)) == []
+    planned = trials(**recipe)
+    with caplog.at_level(logging.INFO, logger="harness.study.grid"):
+        assert grid.check_lr_scaling(planned) == []
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     if recipe["batch_size"] == 20:  # the scaling is said, at info level
         assert any("0.003125" in r.getMessage() for r in caplog.records)
@@ -78,13 +88,13 @@ def test_dry_run_warns_before_anything_starts(tmp_path, monkeypatch, caplog):
     d = study_dict(batch_size=20, scale_lr=False)
     (tmp_path / "mini.yaml").write_text(yaml.safe_dump(d))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(run, "profile_rows", lambda study, sizes, frames: {  # fvcore on R50: not this test's topic
+    monkeypatch.setattr(grid, "profile_rows", lambda study, sizes, frames: {  # fvcore on R50: not this test's topic
         name: {"params": 1, "gflops": {str(s): 1.0 for s in sizes}} for name in study.rows})
     monkeypatch.setattr("harness.preflight.check_profile", lambda *a, **k: None)  # /data/synth does not exist
     args = argparse.Namespace(study="mini.yaml", profile="paper", seeds=None, address=None, max_concurrent=None,
-                              resume=False, dry_run=True)
-    with caplog.at_level(logging.WARNING, logger="harness.run"):
-        assert run.main(args) == 0
+                              resume=False, dry_run=True, storage=None)
+    with caplog.at_level(logging.WARNING, logger="harness.study.grid"):
+        assert commands.run(args) == 0
     assert any("scale_lr is false" in r.getMessage() for r in caplog.records)
 
 
@@ -93,6 +103,7 @@ def test_dry_run_warns_before_anything_starts(tmp_path, monkeypatch, caplog):
 
 def test_paper_profile_must_say_where_each_recipe_value_comes_from():
     d = study_dict()
+    d["paper"] = "results/paper/mini.csv"  # compared with the paper's figures: provenance is required
     del d["profiles"]["paper"]["provenance"]["lr"]
     with pytest.raises(ValueError, match="missing: lr"):
         Study.model_validate(d)
@@ -109,28 +120,22 @@ def tracker(tmp_path):
 
 
 def test_resolved_recipe_and_provenance_round_trip_into_mlflow(tracker):
-    study = Study.model_validate(study_dict(batch_size=16))
-    profile = study.profiles["paper"]
-    ts = run.plan(study, "paper", profile)
-    parent = run.start_parent_run(tracker, study, "paper", profile, ts, study_path="mini.yaml", commit="abc")
-    params = tracker.client.get_run(parent).data.params
+    p = plan("paper", batch_size=16)
+    parent = engine.start_parent(tracker, p, RunOptions("mini.yaml", "paper"), "abc")
+    params = tracker.run(parent).params
     assert float(params["recipe.effective_lr"]) == pytest.approx(0.0025)  # 0.01 x 16 / 64
     assert params["recipe.global_batch_size"] == "16" and params["recipe.lr"] == "0.01"
     assert params["recipe.epochs"] == "3" and params["recipe.schedule"] == "step"
     assert params["recipe.pretrain"] == "/ckpt/r50.pth"
     assert {k: params[f"provenance.{k}"] for k in Recipe.model_fields} == SOURCES
     # each trial records the lr it trains with, row overrides included (TSM: 0.02 x 16 / 64)
-    ids = tracker.ensure_children(parent, run.child_specs(ts, {r: {"params": 1, "gflops": {}} for r in study.rows},
-                                                         {t.key: {} for t in ts}, "abc"))
-    lrs = {t.row: float(tracker.client.get_run(ids[t.key]).data.params["recipe.effective_lr"]) for t in ts}
+    ids = tracker.ensure_children(parent, [NewChild.of(t) for t in p.trials])
+    lrs = {t.row: float(tracker.run(ids[t.key]).params["recipe.effective_lr"]) for t in p.trials}
     assert lrs == pytest.approx({"TSN": 0.0025, "TSM": 0.005})
 
 
 def test_laptop_recipe_sources_are_logged_as_unstated(tracker):
-    study = Study.model_validate(study_dict())
-    profile = study.profiles["laptop"]
-    parent = run.start_parent_run(tracker, study, "laptop", profile, run.plan(study, "laptop", profile),
-                                  study_path="mini.yaml", commit="abc")
-    params = tracker.client.get_run(parent).data.params
+    parent = engine.start_parent(tracker, plan("laptop"), RunOptions("mini.yaml", "laptop"), "abc")
+    params = tracker.run(parent).params
     assert params["provenance.lr"] == "unstated" and params["recipe.pretrain"] == "none"
     assert float(params["recipe.effective_lr"]) == 0.05 and "provenance" not in params

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from harness import tables
+from conftest import study_runs_of, trial_run
+
 from harness.config import Study
+from harness.tables import grid as tables
 
 FP_A, FP_B = "a" * 16, "b" * 16
 
@@ -19,25 +21,23 @@ def study(**extra) -> Study:
 
 
 def trial(row: str, seed: int, *, protocol: str | None = "4f-16-1x1", fingerprint: str | None = FP_A,
-          params: dict | None = None, last: float = 50.0, best: float = 60.0) -> dict:
-    tags = {"harness.row": row, "harness.seed": str(seed)}
+          params: dict | None = None, last: float = 50.0, best: float = 60.0, regime: str | None = None):
+    tags = {"harness.row": row, "harness.seed": str(seed), **({"harness.regime": regime} if regime else {})}
     if protocol:
         tags["harness.protocol"] = protocol
     if fingerprint:
         tags["harness.data_fingerprint"] = fingerprint
-    return {"key": f"mini/laptop/{row}/seed{seed}", "run_id": f"{row}{seed}", "status": "FINISHED", "row": row,
-            "seed": seed, "tags": tags, "params": params or {},
-            "metrics": {"last_top1": last, "best_top1": best, "val_top5": 90.0, "best_epoch": 1.0, "epoch": 2.0},
-            "val_top1_history": {1: best, 2: last}}
+    key = f"mini/laptop/{row}/{regime}/seed{seed}" if regime else f"mini/laptop/{row}/seed{seed}"
+    return trial_run(key, tags=tags, params=params, run_id=f"{row}{seed}",
+                     metrics={"last_top1": last, "best_top1": best, "val_top5": 90.0, "best_epoch": 1.0, "epoch": 2.0},
+                     history={1: best, 2: last})
 
 
-def runs(*trials: dict) -> dict:
-    return {"parent": {"run_id": "p1", "experiment_id": "1", "status": "FINISHED", "start_time": 0,
-                       "end_time": 1_700_000_000_000, "tags": {"harness.seeds": "2"}, "params": {}},
-            "trials": list(trials)}
+def runs(*trials):
+    return study_runs_of(*trials, tags={"harness.seeds": "2"})
 
 
-def md(s: Study, r: dict) -> str:
+def md(s: Study, r) -> str:
     return tables.render(s, "laptop", r)[2]["md"]
 
 
@@ -88,11 +88,7 @@ def test_probe_regimes_each_have_their_own_data_and_are_not_flagged_for_it():
         "profiles": {"laptop": {"backbone": {"arch": "tiny", "width": 4},
                                 "data": {"format": "synth", "root": "x", "frames": 4, "size": 16}}},
         "rows": {"TSN": {"block": "tsn"}}, "regimes": {"small": {}, "large": {}}})
-    trials = []
-    for regime, fp in (("small", FP_A), ("large", FP_B)):
-        t = trial("TSN", 0, fingerprint=fp)
-        t["tags"]["harness.regime"] = regime
-        trials.append(t)
+    trials = [trial("TSN", 0, fingerprint=fp, regime=regime) for regime, fp in (("small", FP_A), ("large", FP_B))]
     frame, h, _ = tables.render(s, "laptop", runs(*trials))
     assert not frame["data_fingerprint_differs"].any()
     assert FP_A in h["data"] and FP_B in h["data"]

@@ -10,6 +10,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import harness.train as train
+from conftest import IndexedClips
+
+from harness.train import loop, setup
 from harness import checkpoint
 from harness.config import TrainConfig
 
@@ -32,7 +35,7 @@ def _fake_loaders(cfg: TrainConfig):
     train_loader = DataLoader(TensorDataset(clips, labels), batch_size=cfg.recipe.batch_size,
                               shuffle=True, generator=gen)
     views = torch.stack([clips, clips.flip(-1)], 1)
-    val_loader = DataLoader(TensorDataset(views, labels), batch_size=cfg.recipe.batch_size)
+    val_loader = DataLoader(IndexedClips(views, labels), batch_size=cfg.recipe.batch_size)
     return train_loader, val_loader, CLASSES
 
 
@@ -49,7 +52,7 @@ def _cfg(epochs: int = 2, block: str = "vps", **recipe) -> TrainConfig:
 
 @pytest.fixture(autouse=True)
 def _in_memory_data(monkeypatch):
-    monkeypatch.setattr(train, "_loaders", _fake_loaders)
+    monkeypatch.setattr(setup, "loaders", _fake_loaders)
 
 
 def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
@@ -134,7 +137,7 @@ def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     train.fit(_cfg(epochs=1), tmp_path)
     last, best = tmp_path / "checkpoints/last.pt", tmp_path / "checkpoints/best.pt"
     before = last.read_bytes(), best.read_bytes(), (tmp_path / "metrics.json").read_bytes()
-    monkeypatch.setattr(train, "compute_loss", _nan_after(2))
+    monkeypatch.setattr(loop, "compute_loss", _nan_after(2))
     reports = []
     result = train.fit(_cfg(epochs=2), tmp_path, resume=True, report=lambda m, p: reports.append(m))
     assert result.status == "FAILED" and "non-finite loss at epoch 2 step 3" in result.reason
@@ -146,7 +149,7 @@ def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
 
 
 def test_nan_in_the_first_epoch_writes_no_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "compute_loss", _nan_after(0))
+    monkeypatch.setattr(loop, "compute_loss", _nan_after(0))
     result = train.fit(_cfg(epochs=1), tmp_path)
     assert result.status == "FAILED" and result.history == [] and result.last_top1 is None
     assert not (tmp_path / "checkpoints/last.pt").exists()

@@ -13,10 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import IndexedClips
+
 import harness.data
 import harness.train as train
 from harness.cli import main as cli
 from harness.config import TrainConfig
+from harness.train import setup
 
 CLASSES = ["a", "b", "c", "d"]
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +39,7 @@ def _same_clips_loaders(cfg: TrainConfig):
     clips, labels = _clips(frames=cfg.data.frames, size=cfg.data.size)
     gen = torch.Generator().manual_seed(cfg.seed)
     return (DataLoader(TensorDataset(clips, labels), batch_size=cfg.recipe.batch_size, shuffle=True, generator=gen),
-            DataLoader(TensorDataset(clips[:, None], labels), batch_size=8), CLASSES)
+            DataLoader(IndexedClips(clips[:, None], labels), batch_size=8), CLASSES)
 
 
 def _cfg(block: str = "vps", **recipe) -> TrainConfig:
@@ -51,7 +54,7 @@ def _cfg(block: str = "vps", **recipe) -> TrainConfig:
 
 @pytest.mark.parametrize("block", ["tsn", "vps"])
 def test_tiny_model_fits_16_clips_within_60_steps(tmp_path, monkeypatch, block):
-    monkeypatch.setattr(train, "_loaders", _same_clips_loaders)
+    monkeypatch.setattr(setup, "loaders", _same_clips_loaders)
     cfg = _cfg(block, epochs=15, lr=0.01, dropout=0.0, weight_decay=0.0)  # 15 epochs x 4 steps
     result = train.fit(cfg, tmp_path)
     assert result.status == "FINISHED", result.reason
@@ -60,7 +63,7 @@ def test_tiny_model_fits_16_clips_within_60_steps(tmp_path, monkeypatch, block):
 
 
 def test_reports_metrics_after_the_checkpoint_is_written(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "_loaders", _same_clips_loaders)
+    monkeypatch.setattr(setup, "loaders", _same_clips_loaders)
     seen = []
 
     def report(metrics, ckpt_dir):
@@ -72,7 +75,11 @@ def test_reports_metrics_after_the_checkpoint_is_written(tmp_path, monkeypatch):
     keys = {"epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "clips_per_s"}
     assert all(keys <= m.keys() for m, _ in seen)
     assert "ir_interactions" not in seen[0][0] and seen[1][0]["ir_interactions"] == result.ir_interactions
+    # the last epoch's report also carries the per-clip predictions; the history keeps the numbers
+    assert [train.PREDICTIONS_KEY in m for m, _ in seen] == [False, True]
+    assert json.loads(seen[1][0].pop(train.PREDICTIONS_KEY)) == result.predictions.to_json()
     assert json.loads((tmp_path / "metrics.json").read_text()) == result.history == [m for m, _ in seen]
+    assert len(result.predictions) == 16 and result.predictions.top1() == pytest.approx(result.last_top1)
     assert len(result.fusion_matrices) == 4 and len(result.fusion_matrices[0]) == len(result.fusion_matrices[0][0])
     assert result.num_params == sum(p.numel() for p in train.create_model(_cfg("vps"), 4).parameters())
     saved = json.loads((tmp_path / "result.json").read_text())
@@ -80,7 +87,7 @@ def test_reports_metrics_after_the_checkpoint_is_written(tmp_path, monkeypatch):
 
 
 def test_tsn_has_no_fusion_matrices(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "_loaders", _same_clips_loaders)
+    monkeypatch.setattr(setup, "loaders", _same_clips_loaders)
     result = train.fit(_cfg("tsn", epochs=1), tmp_path)
     assert result.fusion_matrices == [] and result.ir_interactions is None
     assert "ir_interactions" not in result.history[-1]
@@ -113,16 +120,16 @@ def test_evaluate_averages_logits_over_views():
 
 
 def test_evaluate_checkpoint_matches_the_last_validation(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "_loaders", _same_clips_loaders)
+    monkeypatch.setattr(setup, "loaders", _same_clips_loaders)
     result = train.fit(_cfg("vps", epochs=1), tmp_path)
     clips, labels = _clips()
 
-    def build_loader(data, split, *, batch_size, seed, train):
-        return DataLoader(TensorDataset(clips[:, None], labels), batch_size=batch_size), CLASSES
+    def build_loader(data, split, *, batch_size, seed, train, with_index=False):
+        return DataLoader(IndexedClips(clips[:, None], labels), batch_size=batch_size), CLASSES
 
     monkeypatch.setattr(harness.data, "build_loader", build_loader)
-    got = train.evaluate_checkpoint(_cfg("vps", epochs=1), tmp_path / "checkpoints/last.pt")
-    assert got["epoch"] == 1
+    got, predictions = train.evaluate_checkpoint(_cfg("vps", epochs=1), tmp_path / "checkpoints/last.pt")
+    assert got["epoch"] == 1 and predictions.to_json() == result.predictions.to_json()
     for k in ("val_loss", "val_top1", "val_top5"):
         assert got[k] == pytest.approx(result.history[-1][k])
 
@@ -134,7 +141,7 @@ def test_cli_reports_a_bad_config_with_exit_code_2(tmp_path):
 
 
 def test_pretrained_backbone_loads_and_reports_keys(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "_loaders", _same_clips_loaders)
+    monkeypatch.setattr(setup, "loaders", _same_clips_loaders)
     donor = train.create_model(_cfg("tsn"), 1000).state_dict()  # an "ImageNet" file: 1000-class fc
     donor["extra.weight"] = torch.zeros(1)
     torch.save(donor, tmp_path / "r.pth")

@@ -22,14 +22,14 @@ from harness.screenshot import CHROMIUM, FLAGS, free_port
 
 def make_store(folder: Path) -> None:
     """A study with one parent run and two child runs in the default store under ``folder/work``."""
-    from harness.tracking import Tracker
+    from harness.tracking import NewChild, Tracker
 
     t = Tracker(f"sqlite:///{folder / 'work' / 'mlflow.db'}")
     t.prepare()
     parent = t.start_parent("uistudy", "laptop", params={"study": "uistudy"}, tags={})
     t.client.update_run(parent, name="uistudy parent run")
-    ids = t.ensure_children(parent, [{"key": f"uistudy/laptop/{row}/seed0", "name": f"{row} child run",
-                                      "tags": {"harness.row": row, "harness.seed": "0"}} for row in ("TSN", "TSM")])
+    ids = t.ensure_children(parent, [NewChild(f"uistudy/laptop/{row}/seed0", f"{row} child run",
+                                              {"harness.row": row, "harness.seed": "0"}) for row in ("TSN", "TSM")])
     for rid in ids.values():
         t.log_epoch(rid, {"epoch": 1, "val_top1": 50.0})
         t.finish_child(rid, "FINISHED", summary={"best_top1": 50.0})

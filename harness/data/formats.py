@@ -414,3 +414,8 @@ READERS: dict[str, Callable[[Path, Path, str], Split]] = {
     "diving48": read_diving48,
     "list": read_list,
 }
+
+
+def clip_id(entry: Entry) -> str:
+    """A clip's id: its video file's name without extension, or its frame folder's name."""
+    return entry.path.name if entry.frames else entry.path.stem

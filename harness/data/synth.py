@@ -53,13 +53,14 @@ from pathlib import Path
 
 import numpy as np
 
+# The full ranges: object side and displacement per frame, as fractions of the frame side (the schema's defaults).
+from ..config import SIZE_RANGE, SPEED_RANGE, Synth
+
 log = logging.getLogger(__name__)
 
 SYNTH_VERSION = 2  # bump when the renderer changes, so cached sets are regenerated
 MARKER = ".synth.json"
 FPS = 12
-SIZE_RANGE = (0.12, 0.32)  # object side as a fraction of the frame side
-SPEED_RANGE = (0.015, 0.06)  # displacement per frame as a fraction of the frame side
 MAX_TURN = 0.5  # rad per frame for rotation / orbit: beyond ~pi/2 the direction aliases
 MAX_ZOOM_RATE = 0.125  # approach cycles per frame: at least 8 frames from small to large
 ZOOM = 4.0  # size ratio between an approaching object's first and last visible frame
@@ -532,8 +533,6 @@ def ensure_synth(data) -> Path:
 
     Read it with the sthv2 reader: videos in ``<root>/videos``, annotations in ``<root>``.
     """
-    from ..config import Synth
-
     cfg = data.synth or Synth()
     return ensure_at(data.root, videos=cfg.videos, frames=cfg.frames, size=cfg.size, seed=cfg.seed,
                      val_fraction=cfg.val_fraction, size_range=cfg.train_size, speed_range=cfg.train_speed,

@@ -75,7 +75,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clips", type=int, default=None, help="with --evaluate: clips per video (data.test_clips)")
     p.add_argument("--crops", type=int, choices=[1, 3, 5, 10], default=None,
                    help="with --evaluate: crops per clip (data.test_crops)")
-    p.set_defaults(target="harness.train:main")
+    p.set_defaults(target="harness.cli.commands:train")
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -91,9 +91,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="trials at once (default: as many as the cluster's resources fit)")
     p.add_argument("--resume", action="store_true",
                    help="continue the latest run of this study and profile (same MLflow parent run)")
+    p.add_argument("--storage", default=None, metavar="PATH|URI",
+                   help="where Ray keeps trials and checkpoints (default work/ray/<study>); on a cluster of "
+                        "several nodes a folder every node sees, or an object store URI")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, profile and print the trial plan; starts no Ray, writes nothing")
-    p.set_defaults(target="harness.run:main")
+    p.set_defaults(target="harness.cli.commands:run")
 
 
 def _add_tables(sub: argparse._SubParsersAction) -> None:
@@ -101,7 +104,7 @@ def _add_tables(sub: argparse._SubParsersAction) -> None:
     p.add_argument("study", help="study YAML, e.g. studies/table1.yaml")
     p.add_argument("--profile", default="laptop", help="profile of the study (default laptop)")
     p.add_argument("--out", default="results", help="output folder (default results)")
-    p.set_defaults(target="harness.tables:main")
+    p.set_defaults(target="harness.cli.commands:tables")
 
 
 def _add_ui(sub: argparse._SubParsersAction) -> None:
