@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-quick profile install clean tables bench
+.PHONY: run test test-quick profile install clean tables bench gpu-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -54,3 +54,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) work
+
+# On one CUDA GPU, in under 5 minutes: a few paper-recipe training steps of every Table 1 block (ResNet-50, 8x112,
+# batch 8, autocast), 2-clip x 3-crop evaluation, DDP (nccl / gloo, 2 ranks and 1, and Ray Train's path) and the
+# block bench -> results/gpu-check.md. Needs a CUDA build of torch (`harness doctor` says); refuses without a GPU.
+# Its CPU-safe parts run in the tests: python -m harness.gpucheck --device cpu --tiny.
+gpu-check: $(STAMP)
+	$(BIN)/python -m harness.gpucheck --out results/gpu-check.md

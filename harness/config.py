@@ -358,6 +358,8 @@ class Profile(Strict):
     recipe: Recipe = Recipe()
     seeds: int = Field(1, ge=1)
     resources: Resources = Resources()
+    # Training clips/s per device of the first row at this profile's input: the cost `harness run --dry-run` prints.
+    throughput: float | None = Field(None, gt=0)
     # Where each recipe value comes from: "paper: <section or table>", "reference-code: <repo>" or "assumed: <why>".
     provenance: dict[str, str] = Field(default_factory=dict)
 

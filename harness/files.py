@@ -24,6 +24,23 @@ WORK = Path("work")
 RESULTS = Path("results")
 
 
+def default_uri(work_dir: str | Path = WORK) -> str:
+    """The MLflow store: ``MLFLOW_TRACKING_URI`` if set, else the project's sqlite file under the git-ignored
+    work dir. Here, not in :mod:`harness.tracking`, so that naming the store does not import MLflow."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{(Path(work_dir).resolve() / 'mlflow.db').as_posix()}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///")
+    return Path(path if path.startswith("/") else Path.cwd() / path)
+
+
 def write_atomic(data: str | bytes | Callable[[BinaryIO], object], path: str | Path) -> Path:
     """Write ``data`` (text, bytes, or a function that writes to the open file) to ``path`` all or nothing.
 

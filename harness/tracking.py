@@ -51,7 +51,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType  # noqa: E402
 
 from harness import names  # noqa: E402
-from harness.files import WORK  # noqa: E402
+from harness.files import WORK, default_uri, sqlite_path  # noqa: E402  (re-exported: where the store is)
 from harness.trial import TrialIdentity, TrialSpec  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -60,22 +60,6 @@ TERMINAL = ("FINISHED", "FAILED", "KILLED")
 DONE = ("FINISHED", "FAILED")  # a child in one of these ignores any further result
 # The UI's layout for runs that train models (not its GenAI one: traces, judges, an assistant panel).
 MODEL_TRAINING = "custom_model_development"
-
-
-def default_uri(work_dir: str | Path = WORK) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else the project's sqlite file under the git-ignored work dir."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{(Path(work_dir).resolve() / 'mlflow.db').as_posix()}"
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (None for other stores)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri.removeprefix("sqlite:///")
-    return Path(path if path.startswith("/") else Path.cwd() / path)
 
 
 def git_commit(cwd: str | Path | None = None) -> str:

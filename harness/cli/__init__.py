@@ -96,7 +96,26 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                         "several nodes a folder every node sees, or an object store URI")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, profile and print the trial plan; starts no Ray, writes nothing")
+    p.add_argument("--gpus", type=float, default=None,
+                   help="with --dry-run: GPUs of the cluster to cost the plan on (default: the cluster's, or this "
+                        "machine's)")
+    p.add_argument("--throughput", default=None, metavar="CLIPS_PER_S|BENCH_FILE",
+                   help="with --dry-run: training clips/s per device of the first row, or a `harness bench blocks` "
+                        "report (md or json) for each row's (default: the profile's throughput)")
     p.set_defaults(target="harness.cli.commands:run")
+
+
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="is this machine (and cluster) ready? one screen of ok / warn / fail",
+                       description="Check Python, torch (CUDA, cuDNN, GPUs), the video decoders on clips written "
+                       "now, Ray, the MLflow store, and with --study a profile's data, ImageNet weights and GPUs. "
+                       "Exit 0 when nothing fails, else 1. Ray is not started unless --ray or --address says so.")
+    p.add_argument("--study", default=None, help="also check this study's profile, e.g. studies/table1.yaml")
+    p.add_argument("--profile", default="paper", help="profile of --study (default paper)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to check node by node, shared storage included (default RAY_ADDRESS)")
+    p.add_argument("--ray", action="store_true", help="start a local Ray to see that it starts (5-10 s)")
+    p.set_defaults(target="harness.doctor:main")
 
 
 def _add_tables(sub: argparse._SubParsersAction) -> None:
@@ -172,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_profile, _add_blocks, _add_data, _add_train, _add_run, _add_tables, _add_ui, _add_bench):
+    for add in (_add_doctor, _add_profile, _add_blocks, _add_data, _add_train, _add_run, _add_tables, _add_ui,
+                _add_bench):
         add(sub)
     return parser
 

@@ -7,13 +7,15 @@ import argparse
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.errors import fail_config, fail_environment
+from harness.errors import describe, fail_config, fail_environment
 
 if TYPE_CHECKING:
-    from harness.config import TrainConfig
+    from harness.config import Study, TrainConfig
+    from harness.study.plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -23,22 +25,30 @@ log = logging.getLogger(__name__)
 
 def run(args: argparse.Namespace) -> int:
     """``harness run STUDY [--profile P] [--seeds N] [--address A] [--max-concurrent N] [--storage S]
-    [--resume] [--dry-run]``."""
-    from harness.config import load_study
-    from harness.preflight import check_profile, check_writable, local_resources
+    [--resume] [--dry-run [--gpus N] [--throughput X]]``."""
+    from harness.config import load_study, trained_archs
+    from harness.preflight import check_writable, problems
     from harness.study.kinds import make_plan
     from harness.study.plan import RunOptions
 
     opts = RunOptions(study_path=args.study, profile=args.profile, seeds=args.seeds, address=args.address,
                       max_concurrent=args.max_concurrent, resume=args.resume, storage=args.storage)
+    on_cluster = args.address or os.environ.get("RAY_ADDRESS")
     try:
         study = load_study(args.study)
         kind, plan = make_plan(study, opts)
-        on_cluster = args.address or os.environ.get("RAY_ADDRESS")
-        cpus, gpus = (None, None) if on_cluster else local_resources()
-        check_profile(plan.profile, args.profile, cluster_cpus=cpus, cluster_gpus=gpus)
+        cpus, gpus = _resources(on_cluster)
+        found = problems(plan.profile, args.profile, cluster_cpus=cpus, cluster_gpus=gpus, cluster=on_cluster,
+                         archs=trained_archs(study, args.profile))
+        # a dry run costs a plan for another machine: missing data or resources here are warnings then
+        later = [p for p in found if args.dry_run and p.kind in ("data", "resources")]
+        blocking = [p for p in found if p not in later]
+        if blocking:
+            raise blocking[0].error()
     except Exception as exc:  # noqa: BLE001 - a config error is one line and exit 2
         return fail_config(args.study, exc)
+    for problem in later:
+        print(f"warning: {describe(args.study, problem.error())}", file=sys.stderr)
     from harness.plugins import PluginError, check_workers
 
     try:  # before any trial: a plugin block the Ray workers cannot import is a config error, with the reason
@@ -48,9 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds is not None and study.kind == "search":
         log.warning("--seeds does not apply to a search: every trial trains with search.seed")
     if args.dry_run:
-        print(plan.describe(args.max_concurrent))
-        print("\n--dry-run: nothing trained, no Ray started, nothing written.")
-        return 0
+        return _dry_run(study, plan, args, cpus, gpus, on_cluster)
     try:  # before any trial: a results folder found unwritable after days of training costs the days
         from harness.files import WORK
 
@@ -65,6 +73,32 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # a disk that filled up or turned read-only during the run
         return fail_environment(exc, 1, then=f"fix it, then continue with: harness run {args.study} "
                                              f"--profile {args.profile} --resume")
+
+
+def _resources(address: str | None) -> tuple[float | None, float | None]:
+    """CPUs and GPUs trials can get: the cluster's (a short Ray connection) or this machine's."""
+    from harness.preflight import local_resources
+
+    if not address:
+        return local_resources()
+    from harness.tune.session import cluster_resources
+
+    return cluster_resources(address)
+
+
+def _dry_run(study: Study, plan: Plan, args: argparse.Namespace, cpus: float | None, gpus: float | None,
+             on_cluster: str | None) -> int:
+    """The plan, and what it costs on the cluster it would run on (or ``--gpus N``)."""
+    from harness import estimate
+
+    print(plan.describe(args.max_concurrent))
+    if plan.trials:  # a search's trials are sampled as it runs: no cost before it
+        cluster = estimate.cluster_for(gpus, cpus, override_gpus=args.gpus, max_concurrent=args.max_concurrent,
+                                       where=on_cluster)
+        print("\n" + estimate.dry_run_text(study, plan.profile, plan.trials, cluster,
+                                          profiles=plan.profiles or None, throughput=args.throughput))
+    print("\n--dry-run: nothing trained, no Ray started, nothing written.")
+    return 0
 
 
 # ----------------------------------------------------------------------------- harness tables

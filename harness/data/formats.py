@@ -407,6 +407,12 @@ def read_list(root: Path, ann: Path, split: str) -> Split:
     return Split(entries, classes, files)
 
 
+# The annotation files each format needs, by role, under every name it accepts (harness doctor checks them).
+ANNOTATION_FILES: dict[str, dict[str, list[str]]] = {
+    "sthv1": _STHV1, "sthv2": _STHV2, "k400": _K400, "diving48": _DIVING48,
+    "list": {"train": _LIST["train"], "val": _LIST["val"]},  # its class-name file is optional
+}
+
 READERS: dict[str, Callable[[Path, Path, str], Split]] = {
     "sthv1": read_sthv1,
     "sthv2": read_sthv2,

@@ -53,6 +53,7 @@ class Plan(Protocol):
     study: Study
     profile_name: str
     profile: Profile
+    profiles: dict[str, dict[str, Any]]  # per row: its params and GFLOPs on the paper backbone (none for a search)
 
     @property
     def trials(self) -> list[TrialSpec]:

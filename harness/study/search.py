@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -91,6 +91,7 @@ class SearchPlan:
     profile_name: str
     profile: Profile
     search: Search
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # a sample is profiled when Optuna makes it
 
     @property
     def trials(self) -> list[TrialSpec]:

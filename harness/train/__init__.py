@@ -29,7 +29,7 @@ rank, nothing here changes.
 """
 from harness.train.distributed import RankShard, process_group, shard_loader
 from harness.train.loop import (PREDICTIONS_KEY, NonFinite, Report, TrainResult, evaluate, evaluate_checkpoint, fit,
-                                predict, view_logits, write_json)
+                                optimizer_step, predict, view_logits, write_json)
 from harness.train.memory import keep_freed_memory
 from harness.train.recipe import compute_loss, lr_lambda, param_groups
 from harness.train.resume import check_same_trial
@@ -37,5 +37,5 @@ from harness.train.setup import autocast, create_model, device, seed_everything
 
 __all__ = ["PREDICTIONS_KEY", "NonFinite", "RankShard", "Report", "TrainResult", "autocast", "check_same_trial",
            "compute_loss", "create_model", "device", "evaluate", "evaluate_checkpoint", "fit", "keep_freed_memory",
-           "lr_lambda", "param_groups", "predict", "process_group", "seed_everything", "shard_loader", "view_logits",
+           "lr_lambda", "optimizer_step", "param_groups", "predict", "process_group", "seed_everything", "shard_loader", "view_logits",
            "write_json"]

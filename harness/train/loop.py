@@ -186,7 +186,7 @@ def _train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
         if not (torch.isfinite(loss) if s.ddp is None else all_ranks_finite(loss)):
             raise NonFinite(f"non-finite loss at epoch {epoch + 1} step {step + 1}: "
                             + ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items()))
-        _step(s, loss, epoch, step)
+        optimizer_step(s, loss, epoch, step)
         n = labels.shape[0]
         seen += n
         correct += (logits.argmax(1) == labels).sum().item()
@@ -203,7 +203,7 @@ def _train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
     return out
 
 
-def _step(s: Setup, loss: torch.Tensor, epoch: int, step: int) -> None:
+def optimizer_step(s: Setup, loss: torch.Tensor, epoch: int, step: int) -> None:
     """Backward, clip, optimiser and schedule step; a non-finite gradient norm stops the run."""
     s.optimizer.zero_grad(set_to_none=True)
     s.scaler.scale(loss).backward()

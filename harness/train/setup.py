@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 import blocks
 from harness import checkpoint
 from harness.config import TrainConfig
+from harness.device import choose
 from harness.data import build_loader
 from harness.train.distributed import process_group, shard_loader
 from harness.train.memory import keep_freed_memory
@@ -57,8 +58,9 @@ def seed_everything(seed: int) -> None:
 
 
 def device() -> tuple[torch.device, torch.dtype | None]:
-    """CUDA with autocast when present (bf16 if supported, else fp16); CPU in full precision."""
-    if not torch.cuda.is_available():
+    """CUDA with autocast when present (bf16 if supported, else fp16); CPU in full precision.
+    A trial that was given a GPU raises instead of training on the CPU (:mod:`harness.device`)."""
+    if choose(torch.cuda.is_available()) == "cpu":
         return torch.device("cpu"), None
     torch.backends.cudnn.benchmark = True
     return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

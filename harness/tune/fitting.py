@@ -26,7 +26,7 @@ from typing import Any
 
 import ray
 
-from harness import names
+from harness import device, names
 from harness.files import copy_atomic
 from harness.train import fit
 from harness.trial import TrialSpec
@@ -65,6 +65,7 @@ def run_trial(spec: TrialSpec, out_dir: Path, report_to: ReportTo, checkpoint: A
     ``report_to`` / ``checkpoint`` / ``checkpoint_cls`` are Tune's (one process)
     or Ray Train's (a data-parallel worker); ``extra`` joins every report.
     """
+    os.environ[device.ENV] = device.for_trial(ray.get_gpu_ids())  # given a GPU: never train on the CPU
     ckpt_dir = out_dir / "checkpoints"
     extra = {NODE_ID: ray.get_runtime_context().get_node_id(), **(extra or {})}
     problem = config_problem(spec)

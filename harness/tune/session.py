@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -75,3 +77,94 @@ def on_every_node(fn: Callable[[], Any], timeout: float) -> dict[str, Any]:
     except ray.exceptions.GetTimeoutError:
         log.warning("no answer from every Ray node within %.0f s", timeout)
         return {}
+
+
+def cluster_resources(address: str) -> tuple[float, float]:
+    """CPUs and GPUs of the Ray cluster at ``address``, from a short connection made before any run or trial.
+
+    A profile that asks for GPUs of a cluster that has none then stops with exit 2
+    (:func:`harness.preflight.problems`) instead of queueing trials that never start. Joins, reads,
+    leaves; a Ray already joined is read as is.
+    """
+    if ray.is_initialized():
+        have = ray.cluster_resources()
+    else:
+        ray.init(address=address, logging_level=logging.WARNING)
+        try:
+            have = ray.cluster_resources()
+        finally:
+            ray.shutdown()
+    return float(have.get("CPU", 0)), float(have.get("GPU", 0))
+
+
+# ----------------------------------------------------------------------------- probing a cluster (harness doctor)
+
+
+@dataclass
+class NodeProbe:
+    """What one node of a cluster told a probe task: its resources, host, torch build, the paths it sees."""
+
+    node_id: str
+    address: str
+    cpus: float
+    gpus: float
+    host: str = "?"
+    torch: str | None = None
+    cuda: str | None = None
+    seen: dict[str, bool] = field(default_factory=dict)
+
+
+def node_probe(paths: list[str]) -> dict[str, Any]:
+    """Runs on one node (a Ray task): its host name, its torch build, which of ``paths`` it sees."""
+    import socket
+
+    out: dict[str, Any] = {"host": socket.gethostname(), "seen": {p: os.path.exists(p) for p in paths}}
+    try:
+        import torch
+
+        out.update(torch=torch.__version__, cuda=torch.version.cuda)
+    except ImportError:
+        out.update(torch=None, cuda=None)
+    return out
+
+
+def _probe_nodes(paths: list[str], timeout: float = 120) -> list[NodeProbe]:
+    """One zero-CPU task pinned to each alive node, so busy nodes still answer."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    task = ray.remote(num_cpus=0)(node_probe)
+    refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(paths)
+            for n in nodes]
+    reports = []
+    for n, answer in zip(nodes, ray.get(refs, timeout=timeout)):
+        res = n.get("Resources", {})
+        reports.append(NodeProbe(n["NodeID"], n.get("NodeManagerAddress", "?"), float(res.get("CPU", 0)),
+                                  float(res.get("GPU", 0)), answer["host"], answer["torch"], answer["cuda"],
+                                  answer["seen"]))
+    return reports
+
+
+@dataclass(frozen=True)
+class ClusterProbe:
+    version: str
+    started_s: float  # to join or start Ray
+    cpus: float
+    gpus: float
+    nodes: list[NodeProbe]
+
+
+def probe_cluster(address: str | None, paths: list[str], *, num_cpus: int | None = None) -> ClusterProbe:
+    """Join ``address`` (or start a local Ray), ask every node what it has and sees, and leave."""
+    t0 = time.perf_counter()
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    started = time.perf_counter() - t0
+    try:
+        nodes = _probe_nodes(paths)
+        have = ray.cluster_resources()
+    finally:
+        ray.shutdown()
+    return ClusterProbe(ray.__version__, started, float(have.get("CPU", 0)), float(have.get("GPU", 0)), nodes)
