@@ -50,6 +50,8 @@ def create(name: str, *, backbone: str | Mapping[str, Any] = "resnet50", num_cla
         # TSM shifts every bottleneck, every other one when layer3 is deep (ResNet-101).
         every = place["every"] or (2 if spec["depths"][2] >= 23 else 1)
         build["residual_op"] = lambda s, i, c: cls(channels=c, **kwargs) if i % every == 0 else None
+    elif cls.placement == "pre_conv2":  # channels = the bottleneck's width, what conv2 reads
+        build["pre_conv2_op"] = lambda s, i, c: cls(channels=c, **kwargs)
     elif cls.placement == "conv2":
         build["conv2_op"] = lambda s, i, cin, cout, stride: cls(
             in_channels=cin, out_channels=cout, stride=stride, **kwargs)

@@ -9,8 +9,9 @@ Parameter names are torchvision's (``conv1``, ``bn1``, ``layerN.i.convK``,
 ``layerN.i.downsample.0/1``, ``fc``), so an ImageNet checkpoint saved by
 torchvision loads with :func:`load_pretrained`. Blocks are siblings the
 network calls, never wrappers around a pretrained conv, so no key is renamed:
-a residual op lives in ``layerN.i.temporal`` (no parameters for TSM), a conv2
-replacement in ``layerN.i.conv2`` and a between-stage block in ``inserts.K``.
+a residual op lives in ``layerN.i.temporal`` (no parameters for TSM), an op
+before the 3x3 conv in ``layerN.i.pre_conv2``, a conv2 replacement in
+``layerN.i.conv2`` and a between-stage block in ``inserts.K``.
 
 The head is TSN's: dropout, a new ``fc`` initialised N(0, 0.001), logits
 averaged over T (before any softmax).
@@ -39,20 +40,25 @@ def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 
 class Bottleneck(nn.Module):
-    """torchvision's Bottleneck (v1.5: stride on the 3x3), plus two optional slots.
+    """torchvision's Bottleneck (v1.5: stride on the 3x3), plus three optional slots.
 
     ``temporal`` runs on the residual branch's input only (the identity path
-    sees the unshifted tensor: TSM's "residual shift"). ``conv2`` may be a block
-    that replaces the 3x3 conv (GST).
+    sees the unshifted tensor: TSM's "residual shift"). ``pre_conv2`` runs on
+    conv1's output (after bn1 and ReLU), at the bottleneck's width, right
+    before the 3x3 conv (TAM, TEA, TIN), so such a block keeps the pretrained
+    conv2 instead of owning it. ``conv2`` may be a block that replaces the 3x3
+    conv (GST).
     """
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 temporal: nn.Module | None = None, conv2: nn.Module | None = None):
+                 temporal: nn.Module | None = None, conv2: nn.Module | None = None,
+                 pre_conv2: nn.Module | None = None):
         super().__init__()
         width = planes
         self.temporal = temporal or nn.Identity()
         self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
+        self.pre_conv2 = pre_conv2 or nn.Identity()  # an empty slot has no parameters: torchvision's keys stay
         self.conv2 = conv2 or conv3x3(width, width, stride)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, planes * EXPANSION, 1, bias=False)
@@ -68,7 +74,7 @@ class Bottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(self.temporal(x))))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.relu(self.bn2(self.conv2(self.pre_conv2(out))))
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
 
@@ -84,14 +90,16 @@ class VideoResNet(nn.Module):
         dropout: dropout before the fc (the paper: 0.3).
         small_stem: a 3x3 stem of this stride (1 or 2) without max-pool, for the tiny inputs of the
             laptop profile; 0/False = ResNet's 7x7 stride-2 stem and max-pool.
-        residual_op / conv2_op / stage_op: builders from the block (see module docstring).
+        residual_op / pre_conv2_op / conv2_op / stage_op: builders from the block (see module docstring);
+            ``pre_conv2_op`` gets the bottleneck's width as its channels.
         stages: the insertion points that ``stage_op`` fills (0 = after the stem, 1..3 = after layer1..3).
     """
 
     def __init__(self, depths: list[int], *, width: int = 64, num_classes: int = 1000,
                  num_frames: int = 8, dropout: float = 0.5, small_stem: int = 0,
                  residual_op: ResidualOp | None = None, conv2_op: Conv2Op | None = None,
-                 stage_op: StageOp | None = None, stages: tuple[int, ...] = ()):
+                 stage_op: StageOp | None = None, stages: tuple[int, ...] = (),
+                 pre_conv2_op: ResidualOp | None = None):
         super().__init__()
         self.num_frames = num_frames
         if small_stem:
@@ -112,7 +120,8 @@ class VideoResNet(nn.Module):
                 stride = 2 if (s > 0 and i == 0) else 1
                 temporal = residual_op(s, i, inplanes) if residual_op else None
                 conv2 = conv2_op(s, i, planes, planes, stride) if conv2_op else None
-                blocks.append(Bottleneck(inplanes, planes, stride, temporal, conv2))
+                pre_conv2 = pre_conv2_op(s, i, planes) if pre_conv2_op else None
+                blocks.append(Bottleneck(inplanes, planes, stride, temporal, conv2, pre_conv2))
                 inplanes = planes * EXPANSION
             setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
             stage_widths.append(inplanes)

@@ -337,7 +337,8 @@ class Row(Strict):
         try:
             blocks.check(self.block, self.options)
         except (KeyError, TypeError) as exc:  # pydantic reports ValueError only
-            raise ValueError(exc.args[0]) from None
+            option = getattr(exc, "option", None)  # blocks.registry.OptionError: point at the option's line
+            raise ConfigError((option,) if option else (), exc.args[0]) from None
         unknown = set(self.recipe) - set(Recipe.model_fields)
         if unknown:
             raise ValueError(f"recipe has no key(s) {sorted(unknown)}; valid: {sorted(Recipe.model_fields)}")

@@ -29,6 +29,40 @@ def _line_of(path: str | Path, keys: tuple) -> int | None:
     return line
 
 
+def setup_error(exc: BaseException) -> str | None:
+    """The line for a broken block-plugin setup (two packages register one name), wherever it surfaced:
+    it is about the installed packages, not about a row of the file being read. None for anything else."""
+    registry = sys.modules.get("blocks.registry")  # imported by whatever raised it; never imported here
+    if registry is None:
+        return None
+    causes = [exc]
+    if isinstance(exc, ValidationError):
+        causes += [(e.get("ctx") or {}).get("error") for e in exc.errors()]
+    return next((str(c) for c in causes if isinstance(c, registry.DuplicateBlock)), None)
+
+
+def summary(exc: BaseException) -> str:
+    """One line for a config error without a file (a trial's config): ``key: message``, never pydantic's URL."""
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        keys = tuple(k for k in err["loc"] if not str(k).startswith("function-"))
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(getattr(cause, "keys", None), tuple):  # a ConfigError names the key under the loc
+            keys, msg = keys + cause.keys, getattr(cause, "message", str(cause))
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        return f"{'.'.join(map(str, keys)) or '(top level)'}: {msg}"
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # KeyError quotes its str
+    return (text.strip().splitlines() or [type(exc).__name__])[0]
+
+
+def last_line(traceback: str) -> str:
+    """The line of a traceback that says what went wrong: its last, skipping pydantic's closing URL."""
+    lines = [ln for ln in traceback.strip().splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.strip().startswith("For further information visit")] or lines
+    return lines[-1] if lines else ""
+
+
 def _at(path: str | Path, keys: tuple, message: str) -> str:
     """``<file>[:<line>]: [<key>: ]<message>``."""
     line = _line_of(path, keys) if keys else None
@@ -62,6 +96,9 @@ def _validation(path: str | Path, exc: ValidationError) -> str:
 
 def describe(path: str | Path, exc: BaseException) -> str:
     """The one line for an exception raised while loading a config file."""
+    setup = setup_error(exc)
+    if setup is not None:
+        return setup
     if isinstance(exc, ValidationError):
         return _validation(path, exc)
     keys = getattr(exc, "keys", None)

@@ -68,6 +68,7 @@ IR_INTERACTIONS = "ir_interactions"
 WORLD_SIZE = "world_size"
 PROFILE_PARAMS = "profile_params"  # the row on the paper backbone (harness.profile), logged at creation
 PROFILE_GFLOPS = "profile_gflops_{size}"
+PROFILE_FRAMES = "profile_frames"  # the frames those GFLOPs are counted at (the paper's setting)
 PROFILE_FUSION_PARAMS = "profile_fusion_params"
 PROFILE_IR_INTERACTIONS = "profile_ir_interactions"
 REFERENCE_GFLOPS = "reference_gflops"  # search parent: GFLOPs of the paper's choice

@@ -29,7 +29,11 @@ from .config import Row, Study, load_study
 log = logging.getLogger(__name__)
 
 CONVENTION = ("fvcore FlopCountAnalysis, one multiply-add = one FLOP, per clip of {frames} frames "
-              "at HxW, batch 1, eval mode; params = all parameters incl. the {classes}-class head")
+              "at HxW ({sizes} px), batch 1, eval mode; params = all parameters incl. the {classes}-class head")
+
+# The paper's input (Table 1: 8 frames at 112 px): what a study without a paper profile is profiled at, so
+# that its GFLOPs compare with published ones (a laptop profile's 4 frames at 28 px would not).
+PAPER_FRAMES, PAPER_SIZE = 8, 112
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -52,8 +56,10 @@ def _profile(block: str, options: tuple, backbone: str, num_classes: int, frames
         flops = _flops(model, torch.zeros(1, frames, 3, size, size))
         gflops[str(size)] = flops.total() / 1e9
         skipped |= set(flops.unsupported_ops())
+    warn_hidden_ops(block, skipped)  # here, under the cache: once per block and options, whoever asked
     total = _count(model)
     return {
+        "frames": frames,
         "params": total,
         "params_backbone": total - block_params - head,
         "params_blocks": block_params,
@@ -95,14 +101,45 @@ def _flops(model: torch.nn.Module, clip: torch.Tensor):
     return analysis
 
 
+def hidden_ops(skipped: set[str] | list[str]) -> list[str]:
+    """Skipped ops that may hide real work: neither counted by fvcore nor free by our convention."""
+    return sorted(set(skipped) - set(ZERO_COST_OPS))
+
+
+def warn_hidden_ops(block: str, skipped: set[str] | list[str]) -> str | None:
+    """Log (WARNING) the ops fvcore skipped in a block's model that may hide real work; the message or None.
+
+    fvcore skips ops it has no handle for (aten::mul, aten::sigmoid, aten::softmax...); a block built
+    from them looks cheaper than it is, so this is said where the GFLOPs are shown, not in a footnote.
+    """
+    hidden = hidden_ops(skipped)
+    if not hidden:
+        return None
+    msg = (f"block {block!r}: fvcore skipped {', '.join(hidden)}; its GFLOPs leave them out (they may hide "
+           "real work): count them with `flop_handles` on the block class (docs/adding-a-block.md)")
+    log.warning("%s", msg)
+    return msg
+
+
 def uncounted_ops(model: torch.nn.Module, clip: torch.Tensor) -> set[str]:
     """Ops that fvcore skipped and that are neither declared by a block nor known to cost nothing."""
     return set(_flops(model, clip).unsupported_ops()) - set(ZERO_COST_OPS)
 
 
+def paper_input(study: Study, row: str) -> tuple[int, int]:
+    """(frames, side) a row's params and GFLOPs are counted at: its paper setting (the paper profile with the
+    row's data keys), else the paper's 8 frames at 112 px, never a laptop profile's tiny input."""
+    if "paper" in study.profiles:
+        from .config import row_data
+
+        data = row_data(study, "paper", row)
+        return data.frames, data.size
+    return PAPER_FRAMES, PAPER_SIZE
+
+
 def profile_row(row: Row, *, num_classes: int, frames: int = 8,
                 sizes: list[int] | tuple[int, ...] = (112, 224)) -> dict[str, Any]:
-    """Params and GFLOPs of one row on its paper backbone (ResNet-50 unless the row says 101)."""
+    """Params and GFLOPs of one row on its paper backbone (ResNet-50 unless the row says 101), with ``frames``."""
     options = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in row.options.items()))
     result = _profile(row.block, options, row.backbone, num_classes, frames, tuple(sizes))
     return {**result, "gflops": dict(result["gflops"])}
@@ -123,7 +160,7 @@ def to_frame(profiles: list[dict], paper: pd.DataFrame, sizes: list[int]) -> pd.
     rows = []
     for p in profiles:
         ref = paper.loc[p["row"]] if p["row"] in paper.index else {}
-        r = {"row": p["row"], "block": p["block"], "params": p["params"],
+        r = {"row": p["row"], "block": p["block"], "frames": p.get("frames"), "params": p["params"],
              "params_m": round(p["params"] / 1e6, 2), "paper_params_m": ref.get("paper_params_m")}
         r["delta_params_m"] = _delta(r["params_m"], r["paper_params_m"])
         for s in sizes:
@@ -154,10 +191,13 @@ def _delta(ours: float, paper: Any, percent: bool = False) -> float | None:
 SPLIT = ("params_backbone", "params_blocks", "params_head")
 
 
-def to_markdown(frame: pd.DataFrame, skipped: list[str], frames: int, classes: int) -> str:
-    main_cols = [c for c in frame.columns if c not in SPLIT and not c.startswith("gflops_per_frame")]
+def to_markdown(frame: pd.DataFrame, skipped: list[str], frames: int, classes: int,
+                sizes: list[int] | tuple[int, ...] = (112, 224)) -> str:
+    # every row has `frames` here: the convention line states it once
+    main_cols = [c for c in frame.columns
+                 if c not in (*SPLIT, "frames") and not c.startswith("gflops_per_frame")]
     split_cols = ["row", *[c for c in frame.columns if c in SPLIT or c.startswith("gflops_per_frame")]]
-    lines = [CONVENTION.format(frames=frames, classes=classes) + ".", "",
+    lines = [CONVENTION.format(frames=frames, classes=classes, sizes=", ".join(map(str, sizes))) + ".", "",
              frame[main_cols].astype(object).where(frame[main_cols].notna(), "").to_markdown(index=False),
              "", "Params split (backbone + blocks + head = params) and GFLOPs per frame:", "",
              frame[split_cols].to_markdown(index=False), "",
@@ -191,5 +231,5 @@ def main(args) -> int:
         return 0
     skipped = sorted({op for p in profiles for op in p["skipped_ops"]})
     print(f"# {study.name}: params and GFLOPs on the paper backbone\n")
-    print(to_markdown(frame, skipped, args.frames, study.num_classes))
+    print(to_markdown(frame, skipped, args.frames, study.num_classes, args.size))
     return 0

@@ -69,3 +69,34 @@ def test_insertion_stages_are_configurable():
     model = blocks.create("vps", backbone=TINY, num_classes=2, num_frames=4, stages=[1, 2])
     kinds = [type(m).__name__ for m in model.inserts]
     assert kinds == ["Identity", "VPS", "VPS", "Identity"]
+
+
+@pytest.mark.parametrize("name, options, option", [
+    ("tsm", {"fold_div": "8"}, "fold_div"),  # a quoted number in YAML
+    ("tsm", {"fold_div": 8.0}, "fold_div"),  # a float for an int
+    ("tsm", {"every": True}, "every"),  # a bool is not an int here
+    ("vps", {"proportion": "quarter"}, "proportion"),
+    ("vps", {"inter_relu": 1}, "inter_relu"),
+    ("vps", {"stages": [0, "1"]}, "stages"),
+])
+def test_option_values_are_checked_against_their_annotations(name, options, option):
+    with pytest.raises(blocks.registry.OptionError) as err:
+        blocks.check(name, options)
+    assert err.value.option == option
+    msg = str(err.value)
+    assert f"option {option} must be" in msg and "got " in msg
+    assert len(msg.splitlines()) == 1 and ".py:" in msg  # file:line of the block's constructor
+
+
+@pytest.mark.parametrize("name, options", [
+    ("tsm", {"fold_div": 4, "every": None}),
+    ("vps", {"proportion": 1}),  # an int is a float
+    ("vps", {"fusion": "dropout", "dropout_rate": 0.5, "stages": [1, 2]}),  # float | None; a list for a tuple
+])
+def test_well_typed_options_pass(name, options):
+    blocks.check(name, options)
+
+
+def test_a_wrong_type_is_reported_before_validate_options_trips_on_it():
+    with pytest.raises(TypeError, match="proportion must be float"):
+        blocks.create("vps", backbone=TINY, num_classes=2, num_frames=4, proportion="0.5")

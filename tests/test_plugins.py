@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 PLUGIN = Path(__file__).parent / "plugins" / "dwt-block"
+GATE = Path(__file__).parent / "plugins" / "gate-block"  # src layout, placement pre_conv2, flop_handles
 DOC = Path(__file__).parents[1] / "docs" / "adding-a-block.md"
 
 
@@ -65,13 +66,33 @@ def test_plugin_block_profiles_in_a_study(site, tmp_path):
     assert dwt["params"] - rows[0]["params"] == 5 * (64 + 256 + 512 + 1024)
 
 
-def test_two_packages_registering_one_name_is_an_error_naming_both(site):
+def test_two_packages_registering_one_name_is_one_line_naming_both_in_every_command(site):
     install(site, "dup-block", "dup_block", "import blocks, torch\n"
             "@blocks.register('dw_temporal')\nclass D(torch.nn.Module):\n    placement = 'none'\n",
             {"dw_temporal": "dup_block"})
-    proc = harness(site, "blocks", check=False)
-    assert proc.returncode != 0
-    assert re.search(r"registered twice: by (dwt-block|dup-block) and by (dup-block|dwt-block)", proc.stderr)
+    study = study_file(site, "  DWT: {block: dw_temporal}\n")
+    for args in (["blocks"], ["blocks", "--profile"], ["profile", str(study)], ["run", str(study), "--dry-run"]):
+        proc = harness(site, *args, check=False)
+        assert proc.returncode == 2, args
+        assert "Traceback" not in proc.stderr, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, lines  # not blamed on a study row either
+        assert re.fullmatch(r"error: block 'dw_temporal' is registered twice: by (dwt-block|dup-block) and by "
+                            r"(dup-block|dwt-block); uninstall one of them \(pip uninstall \S+ or \S+\) .+",
+                            lines[0]), lines[0]
+
+
+def test_unknown_block_lists_the_plugins_that_failed_to_load(site):
+    install(site, "broken-block", "broken_block", "raise ImportError('needs libfoo')\n", {"broken": "broken_block"})
+    install(site, "empty-block", "empty_block", "", {"empty": "empty_block"})  # imports, registers nothing
+    study = study_file(site, "  B: {block: broken}\n")
+    proc = harness(site, "profile", str(study), check=False)
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {study}:8: rows.B: unknown block 'broken'.")
+    assert "Plugins that failed to load: " in line and "dw_temporal" in line
+    assert "broken-block (broken = broken_block): failed to import: ImportError('needs libfoo')" in line
+    assert "empty-block (empty = empty_block): " in line and "registered no block 'empty'" in line
 
 
 def test_a_broken_plugin_warns_and_the_rest_keeps_working(site):
@@ -103,9 +124,77 @@ def doc_files() -> dict[str, str]:
 
 def test_walkthrough_code_is_the_tested_plugin():
     files = doc_files()
-    assert set(files) == {"my-blocks/pyproject.toml", "my-blocks/dwt_block/__init__.py"}
-    assert files["my-blocks/pyproject.toml"] == (PLUGIN / "pyproject.toml").read_text()
-    assert files["my-blocks/dwt_block/__init__.py"] == (PLUGIN / "dwt_block" / "__init__.py").read_text()
+    tested = {"my-blocks": PLUGIN, "my-gate": GATE}
+    assert set(files) == {"my-blocks/pyproject.toml", "my-blocks/dwt_block/__init__.py",
+                          "my-gate/pyproject.toml", "my-gate/src/gate_block/__init__.py"}
+    for path, body in files.items():
+        project, rest = path.split("/", 1)
+        assert body == (tested[project] / rest).read_text(), path
+
+
+def study_file(folder: Path, rows: str) -> Path:
+    """A two-row study (TSN + ``rows``) the profile and the dry-run read; nothing is trained."""
+    path = folder / "study.yaml"
+    path.write_text("name: two\nprofiles:\n  laptop:\n    backbone: {arch: tiny}\n"
+                    f"    data: {{format: synth, root: {folder / 'synth'}}}\nrows:\n  TSN: {{block: tsn}}\n{rows}")
+    return path
+
+
+@pytest.fixture
+def gate_site(tmp_path):
+    install(tmp_path, "gate-block", "gate_block", GATE / "src" / "gate_block", {"temporal_gate": "gate_block"})
+    return tmp_path
+
+
+def test_pre_conv2_plugin_profiles_its_own_params_with_its_flops_counted(gate_site):
+    study = study_file(gate_site, "  Gate: {block: temporal_gate, kernel: 5}\n")
+    proc = harness(gate_site, "profile", str(study), "--size", "112", "--format", "json")
+    tsn, gate = json.loads(proc.stdout)
+    widths = 3 * 64 + 4 * 128 + 6 * 256 + 3 * 512  # ResNet-50's bottleneck widths: a depthwise k5 conv on each
+    assert gate["params_blocks"] == gate["params"] - tsn["params"] == 5 * widths
+    assert gate["params_backbone"] == tsn["params_backbone"]
+    assert gate["frames"] == 8 and gate["gflops"]["112"] > tsn["gflops"]["112"]
+    assert "fvcore skipped" not in proc.stderr  # its flop_handles count aten::mul and aten::sigmoid
+    assert not {"aten::mul", "aten::sigmoid"} & set(gate["skipped_ops"])
+
+
+SKIPPED = re.compile(r"WARNING .*block 'temporal_gate': fvcore skipped aten::mul, aten::sigmoid;.*flop_handles")
+
+
+@pytest.fixture
+def gate_without_handles(gate_site):
+    """The gate plugin with its ``flop_handles`` line removed: fvcore skips its products and sigmoids."""
+    source = gate_site / "gate_block" / "__init__.py"
+    source.write_text(re.sub(r"\n    flop_handles = .*\n", "\n", source.read_text()))
+    return gate_site
+
+
+def test_skipped_ops_warn_in_profile_and_in_the_dry_run_plan_which_states_its_frames(gate_without_handles):
+    site = gate_without_handles
+    study = study_file(site, "  Gate: {block: temporal_gate}\n")
+    assert SKIPPED.search(harness(site, "profile", str(study), "--size", "112").stderr)
+    proc = harness(site, "run", str(study), "--dry-run")
+    assert SKIPPED.search(proc.stderr), proc.stderr[-2000:]
+    # A study without a paper profile is profiled at the paper's 8 frames x 112 px, not its laptop 4 x 28,
+    # and the plan says so.
+    lines = proc.stdout.splitlines()
+    cells = [c.strip() for c in next(ln for ln in lines if "profile frames" in ln).strip("|").split("|")]
+    rows = [dict(zip(cells, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines if "/laptop/" in ln]
+    assert len(rows) == 2 and all(r["profile frames"] == "8" and "GFLOPs@112" in r for r in rows)
+
+
+@pytest.mark.slow
+def test_skipped_ops_warn_in_blocks_profile(gate_without_handles):
+    assert SKIPPED.search(harness(gate_without_handles, "blocks", "--profile").stderr)
+
+
+def test_a_wrong_option_type_is_one_line_with_file_line_and_key(gate_site):
+    study = study_file(gate_site, "  Gate:\n    block: temporal_gate\n    kernel: '3'\n")
+    proc = harness(gate_site, "run", str(study), "--dry-run", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {study}:10: rows.Gate.kernel: block 'temporal_gate' option kernel must be int, got str '3' "
+        f"(declared at {gate_site / 'gate_block' / '__init__.py'}:26)")
 
 
 @pytest.mark.slow

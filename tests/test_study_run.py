@@ -71,7 +71,8 @@ def test_run_writes_parent_and_child_runs_and_tables_from_mlflow(tmp_path, synth
         assert tags["harness.data_fingerprint"] == parent.tags["harness.data_fingerprint"] != "unavailable"
         assert params["recipe.epochs"] == "2" and params["row.block"] in ("tsn", "tsm")
         assert params["data.root"] == str(synth_root)  # resolved config, flattened
-        assert metrics["profile_params"] > 20e6 and metrics["profile_gflops_16"] > 0
+        assert metrics["profile_params"] > 20e6 and metrics["profile_gflops_112"] > 0  # no paper profile:
+        assert metrics["profile_frames"] == 8  # the paper's 8 frames at 112 px, not the laptop's 4 at 16
         steps = sorted(step for step, _ in t.metric_history(run.run_id, "val_top1"))
         assert steps == [1, 2]
     artifacts = {a.path for a in t.client.list_artifacts(parent.run_id)}

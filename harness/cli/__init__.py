@@ -204,7 +204,15 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     module, func = args.target.split(":")
-    return int(getattr(importlib.import_module(module), func)(args) or 0)
+    try:
+        return int(getattr(importlib.import_module(module), func)(args) or 0)
+    except Exception as exc:  # a broken plugin setup is one line in every command, not a traceback
+        from harness.errors import setup_error
+
+        if setup_error(exc) is None:
+            raise
+        print(f"error: {setup_error(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

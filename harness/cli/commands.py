@@ -49,6 +49,12 @@ def run(args: argparse.Namespace) -> int:
         return fail_config(args.study, exc)
     for problem in later:
         print(f"warning: {describe(args.study, problem.error())}", file=sys.stderr)
+    from harness.plugins import PluginError, check_workers
+
+    try:  # before any trial: a plugin block the Ray workers cannot import is a config error, with the reason
+        check_workers(study, args.address, dry_run=args.dry_run)
+    except PluginError as exc:
+        return fail_config(args.study, exc)
     if args.seeds is not None and study.kind == "search":
         log.warning("--seeds does not apply to a search: every trial trains with search.seed")
     if args.dry_run:

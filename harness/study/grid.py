@@ -115,7 +115,7 @@ def describe(p: GridPlan, max_concurrent: int | None) -> str:
         prof = p.profiles[t.row]
         rows.append({"trial": t.key, "block": t.block, "backbone": t.config.backbone.arch,
                      "options": ", ".join(f"{k}={v}" for k, v in t.config.row.options.items()) or "-",
-                     "paper params (M)": round(prof["params"] / 1e6, 2),
+                     "paper params (M)": round(prof["params"] / 1e6, 2), "profile frames": prof.get("frames"),
                      **{f"GFLOPs@{s}": round(prof["gflops"][str(s)], 2) for s in p.sizes}})
     r, d, res = profile.recipe, profile.data, profile.resources
     regimes = f" x {len(study.regimes)} regimes" if study.regimes else ""

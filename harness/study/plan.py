@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from harness import names, paper
-from harness.config import Data, Profile, Recipe, Study, row_data
-from harness.profile import profile_row
+from harness.config import Data, Profile, Recipe, Study
+from harness.profile import PAPER_SIZE, paper_input, profile_row
 from harness.trial import TrialSpec, flatten
 
 if TYPE_CHECKING:  # Ray is imported when a study runs, not for a dry run
@@ -110,11 +110,6 @@ def with_profile(study: Study, name: str, profile: Profile) -> Study:
     return study.model_copy(update={"profiles": {**study.profiles, name: profile}})
 
 
-def reference_profile(study: Study, fallback: str) -> str:
-    """The profile whose input the paper's GFLOPs are at: ``paper`` when the study has one."""
-    return "paper" if "paper" in study.profiles else fallback
-
-
 def parent_params(study: Study, profile_name: str, profile: Profile) -> dict[str, Any]:
     """The resolved profile and recipe as the parent run's params (a kind adds its own)."""
     return {"study": study.name, "profile": profile_name,
@@ -148,26 +143,26 @@ def profile_sizes(study: Study) -> list[int]:
     sizes = paper.gflops_sizes(study)
     if "paper" in study.profiles:
         sizes.add(study.profiles["paper"].data.size)
-    return sorted(sizes) or [next(iter(study.profiles.values())).data.size]
+    return sorted(sizes) or [PAPER_SIZE]  # never a laptop side: GFLOPs there compare with nothing
 
 
 def profile_rows(study: Study, sizes: Sequence[int], profile_name: str = "paper") -> dict[str, dict[str, Any]]:
     """Params and GFLOPs of every row on its paper backbone (``harness.profile``).
 
-    Each row at its paper setting (``row_data`` of the reference profile): its
-    frames, and its own side besides ``sizes`` (Table 4's rows are 8 or 16
-    frames at 112 or 224).
+    Each row at its paper setting (:func:`harness.profile.paper_input`: the
+    paper profile with the row's data keys, else the paper's 8 frames at 112
+    px, whatever ``profile_name`` trains at): its frames, and its own side
+    besides ``sizes`` (Table 4's rows are 8 or 16 frames at 112 or 224).
     """
-    base = reference_profile(study, profile_name)
     out = {}
     for name, row in study.rows.items():
         start = time.perf_counter()
-        data = row_data(study, base, name)
-        row_sizes = sorted({*sizes, data.size})
-        out[name] = profile_row(row, num_classes=study.num_classes, frames=data.frames, sizes=row_sizes)
+        frames, size = paper_input(study, name)  # the paper's setting, never the laptop's tiny input
+        row_sizes = sorted({*sizes, size})
+        out[name] = profile_row(row, num_classes=study.num_classes, frames=frames, sizes=row_sizes)
         log.info("profiled %-20s %6.2f M params  %s GFLOPs at %d frames  (%.1f s)", name,
                  out[name]["params"] / 1e6, " / ".join(f"{out[name]['gflops'][str(s)]:.2f}@{s}" for s in row_sizes),
-                 data.frames, time.perf_counter() - start)
+                 frames, time.perf_counter() - start)
     return out
 
 
@@ -175,6 +170,8 @@ def profile_metrics(prof: dict[str, Any]) -> dict[str, float]:
     """A row's profile as the metrics its child runs start with (numbers the tables read back)."""
     out = {names.PROFILE_PARAMS: float(prof["params"])}
     out.update({names.profile_gflops(s): float(v) for s, v in prof["gflops"].items()})
+    if prof.get("frames") is not None:  # the frames those GFLOPs are counted at
+        out[names.PROFILE_FRAMES] = float(prof["frames"])
     if prof.get("fusion_params") is not None:
         out[names.PROFILE_FUSION_PARAMS] = float(prof["fusion_params"])
     if prof.get("ir_interactions") is not None:

@@ -251,7 +251,8 @@ def notes(study: Study, frame: pd.DataFrame, h: dict[str, str]) -> list[str]:
     return lines
 
 
-NOTE = ("params and GFLOPs: the row on the paper backbone (fvcore, one multiply-add = one FLOP, per clip). "
+NOTE = ("params and GFLOPs: the row on the paper backbone (fvcore, one multiply-add = one FLOP, per clip of "
+        "the paper profile's frames for the row, or the paper's 8 frames where the study has no paper profile). "
         "top-1/top-5: validation accuracy (%) at the last epoch, mean ± std over seeds; 'best epoch' picks the "
         "best epoch on that same validation set. Δ top-1 = our top-1 at the paper's epoch (below) − paper. "
         "Under the laptop profile "

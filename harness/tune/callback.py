@@ -18,6 +18,7 @@ from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from harness import names
+from harness.errors import last_line
 from harness.tracking import DONE, NewChild, Tracker
 from harness.train import PREDICTIONS_KEY
 from harness.trial import TrialSpec
@@ -116,9 +117,10 @@ class MlflowCallback(tune.Callback):
         if self.tracker.finish_child(run_id, final.get(STATUS) or "FINISHED", summary=summary, tags=tags,
                                      artifacts=artifacts):
             self._done.add(spec.key)
-            log.info("done   %-24s %s  best %.1f  last %.1f  [%d/%d trials done]", trial_name(trial),
+            failed = final.get(STATUS) == "FAILED" and final.get(REASON)
+            log.info("done   %-24s %s  best %.1f  last %.1f  [%d/%d trials done]%s", trial_name(trial),
                      final.get(STATUS) or "FINISHED", _num(summary[names.BEST_TOP1]), _num(summary[names.LAST_TOP1]),
-                     len(self._done), self.total)
+                     len(self._done), self.total, f": {final[REASON]}" if failed else "")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         spec, run_id = self._run_id(trial)
@@ -130,8 +132,7 @@ class MlflowCallback(tune.Callback):
         self.tracker.finish_child(run_id, "FAILED", summary={},
                                   tags={names.ERROR: "1", names.REASON: str(reason)[-5000:]})
         self._done.add(spec.key)
-        log.error("error  %-24s after %d attempts: %s", trial_name(trial), trial.num_failures,
-                  str(reason).strip().splitlines()[-1])
+        log.error("error  %-24s after %d attempts: %s", trial_name(trial), trial.num_failures, last_line(str(reason)))
 
 
 def _num(v: Any) -> float:

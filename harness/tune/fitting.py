@@ -45,6 +45,19 @@ SUMMARY = (names.BEST_TOP1, names.LAST_TOP1, names.BEST_EPOCH, names.NUM_PARAMS,
 ReportTo = Callable[..., None]  # tune.report or ray.train.report: (metrics, checkpoint=None)
 
 
+def config_problem(spec: TrialSpec) -> str | None:
+    """Why this worker cannot build the trial's block (its registry differs from the driver's), or None."""
+    import blocks
+
+    from harness.errors import summary
+
+    try:
+        blocks.check(spec.config.row.block, spec.config.row.options)
+    except (KeyError, TypeError, ValueError) as exc:  # unknown block or option, a wrong value
+        return summary(exc)
+    return None
+
+
 def run_trial(spec: TrialSpec, out_dir: Path, report_to: ReportTo, checkpoint: Any, checkpoint_cls: Any,
               extra: Mapping[str, Any] | None = None) -> None:
     """``fit`` one trial, reporting each epoch and a closing summary through ``report_to``.
@@ -55,6 +68,10 @@ def run_trial(spec: TrialSpec, out_dir: Path, report_to: ReportTo, checkpoint: A
     os.environ[device.ENV] = device.for_trial(ray.get_gpu_ids())  # given a GPU: never train on the CPU
     ckpt_dir = out_dir / "checkpoints"
     extra = {NODE_ID: ray.get_runtime_context().get_node_id(), **(extra or {})}
+    problem = config_problem(spec)
+    if problem is not None:  # a retry cannot fix a configuration: the trial ends FAILED, once, with the reason
+        report_to({FINAL: 1, STATUS: "FAILED", REASON: f"config: {problem}", **extra})
+        return
     resume = False
     if checkpoint is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,22 @@ def nodes() -> list[dict[str, object]]:
     return [{"id": n["NodeID"], "address": n.get("NodeManagerAddress", ""),
              "cpus": n.get("Resources", {}).get("CPU", 0), "gpus": n.get("Resources", {}).get("GPU", 0)}
             for n in ray.nodes() if n.get("Alive")]
+
+
+def on_every_node(fn: Callable[[], Any], timeout: float) -> dict[str, Any]:
+    """``fn()`` in one zero-CPU task on every live node, in a worker process like a trial's (same job, same
+    import path); {node: what it returned}. Empty when the answers do not come within ``timeout`` seconds."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0)(fn)
+    refs = {f"{n['address']}/{str(n['id'])[:8]}":
+            task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["id"], soft=False)).remote()
+            for n in nodes()}
+    try:
+        return dict(zip(refs, ray.get(list(refs.values()), timeout=timeout)))
+    except ray.exceptions.GetTimeoutError:
+        log.warning("no answer from every Ray node within %.0f s", timeout)
+        return {}
 
 
 def cluster_resources(address: str) -> tuple[float, float]:
