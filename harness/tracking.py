@@ -51,7 +51,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType  # noqa: E402
 
 from harness import names  # noqa: E402
-from harness.files import WORK, default_uri, sqlite_path  # noqa: E402  (re-exported: where the store is)
+from harness.files import default_uri, sqlite_path  # noqa: E402, F401 - re-exported: where the store is
 from harness.trial import TrialIdentity, TrialSpec  # noqa: E402
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,6 @@ written there (no work/ with MLflow or Ray state, no results/) and that no Ray
 session was started.
 """
 import re
-import time
 
 import pytest
 
@@ -57,14 +56,14 @@ def test_bad_study_fails_fast_with_one_line_and_writes_nothing(case, tmp_path, m
     text, line, key = CASES[case]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "study.yaml").write_text(text)
-    start = time.perf_counter()
+    profiled = []  # "fails fast" means before the slow work: profiling a row on ResNet-50 is the first of it
+    monkeypatch.setattr("harness.profile._profile", lambda *a, **k: profiled.append(a))
     code = main(["run", "study.yaml"])
-    elapsed = time.perf_counter() - start
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1, err
     assert re.fullmatch(rf"error: study\.yaml:{line}: {re.escape(key)}[.:].+", err[0]), err[0]
-    assert elapsed < 10
+    assert profiled == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]  # no work/, no results/
     import ray
 

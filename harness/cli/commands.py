@@ -28,23 +28,25 @@ def run(args: argparse.Namespace) -> int:
     [--resume] [--dry-run [--gpus N] [--throughput X]]``."""
     from harness.config import load_study, trained_archs
     from harness.preflight import check_writable, problems
-    from harness.study.kinds import make_plan
-    from harness.study.plan import RunOptions
+    from harness.study.kinds import KINDS
+    from harness.study.plan import RunOptions, resolve_profile
 
     opts = RunOptions(study_path=args.study, profile=args.profile, seeds=args.seeds, address=args.address,
                       max_concurrent=args.max_concurrent, resume=args.resume, storage=args.storage)
     on_cluster = args.address or os.environ.get("RAY_ADDRESS")
-    try:
+    try:  # what the file says and what it points at, in a second: before the rows are profiled
         study = load_study(args.study)
-        kind, plan = make_plan(study, opts)
+        profile = resolve_profile(study, args.profile, args.seeds)
         cpus, gpus = _resources(on_cluster)
-        found = problems(plan.profile, args.profile, cluster_cpus=cpus, cluster_gpus=gpus, cluster=on_cluster,
+        found = problems(profile, args.profile, cluster_cpus=cpus, cluster_gpus=gpus, cluster=on_cluster,
                          archs=trained_archs(study, args.profile))
         # a dry run costs a plan for another machine: missing data or resources here are warnings then
         later = [p for p in found if args.dry_run and p.kind in ("data", "resources")]
         blocking = [p for p in found if p not in later]
         if blocking:
             raise blocking[0].error()
+        kind = KINDS[study.kind]
+        plan = kind.plan(study, args.profile, profile)
     except Exception as exc:  # noqa: BLE001 - a config error is one line and exit 2
         return fail_config(args.study, exc)
     for problem in later:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from harness.config import Profile, Study
 from harness.study import grid, search
-from harness.study.plan import Plan, RunOptions, resolve_profile
+from harness.study.plan import Plan
 
 if TYPE_CHECKING:
     from harness.tables.common import Report
@@ -52,10 +52,3 @@ KINDS: dict[str, Kind] = {
     "probe": Kind(grid.plan, probe_report),
     "search": Kind(search.plan, search_report),
 }
-
-
-def make_plan(study: Study, opts: RunOptions) -> tuple[Kind, Plan]:
-    """The study's kind and its plan under the profile ``opts`` names (resolved: seeds, absolute paths)."""
-    kind = KINDS[study.kind]
-    profile = resolve_profile(study, opts.profile, opts.seeds)
-    return kind, kind.plan(study, opts.profile, profile)
