@@ -61,6 +61,7 @@ from torch import nn
 
 from harness import checkpoint
 from harness.config import TrainConfig
+from harness.data.transforms import on_device
 from harness.errors import named
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ Report = Callable[[dict[str, Any], Path | None], None]  # (metrics, checkpoint f
 # Keys that may change between a run and its resume: they do not change what is learned.
 RESUMABLE_CHANGES = {
     "name", "recipe.epochs", "recipe.threads", "data.workers", "data.pin_memory",
-    "data.persistent_workers", "data.prefetch_factor", "data.test_clips", "data.test_crops",
+    "data.persistent_workers", "data.prefetch_factor", "data.test_clips", "data.test_crops", "data.cache",
     "data.buckets", "data.buckets.size", "data.buckets.speed", "data.bucket_csv",  # what is reported, not learned
 }
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -419,7 +420,7 @@ def _train_epoch(t: _Trial, epoch: int, progress: bool) -> dict[str, float]:
     bar = tqdm(t.train_loader, desc=f"epoch {epoch + 1}/{r.epochs}", disable=not progress,
                leave=False, dynamic_ncols=True)
     for step, (clips, labels) in enumerate(bar):
-        clips, labels = clips.to(t.device, non_blocking=True), labels.to(t.device, non_blocking=True)
+        clips, labels = on_device(clips, t.device), labels.to(t.device, non_blocking=True)  # uint8 -> normalised there
         with _autocast(t.device, t.amp_dtype):
             logits = t.model(clips) if t.ddp is None else t.ddp(clips)  # DDP all-reduces in backward
         aux = t.model.aux_losses() if hasattr(t.model, "aux_losses") else {}
@@ -494,7 +495,7 @@ def evaluate(model: nn.Module, loader: Any, *, progress: bool = False,
         if buckets is not None and not index:
             raise ValueError("evaluate(buckets=...) needs a loader that yields entry indices; "
                              "build it with build_loader(..., with_index=True)")
-        clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        clips, labels = on_device(clips, device), labels.to(device, non_blocking=True)  # uint8 -> normalised there
         with _autocast(device, amp_dtype):
             logits = view_logits(model, clips).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
