@@ -1,0 +1,173 @@
+"""``harness bench data`` on real formats: the loader against the raw decoder, and cores per GPU.
+
+For each format, on files in the official layout at the real size
+(:mod:`harness.data.realsize`, or a folder you point at), one run measures,
+interleaved round by round so that load from other processes hits both alike:
+
+* raw: the decoder alone on the 8 sampled frames of a clip, one core, one
+  thread (the ceiling): decord ``VideoReader`` + ``get_batch`` for video,
+  Pillow open + RGB for JPEG (and simplejpeg, the decoder the loader uses);
+* loader, 0 workers: the training loader (decode, TSN sampling, TSM
+  multi-scale crop, uint8 collate), batch 8, in this process, one thread;
+* loader, one worker per core: the same with ``os.cpu_count()`` workers;
+
+and reports loader / raw (the goals: >= 0.85 for JPEG, >= 0.9 for video) and
+the cores a GPU training at ``gpu_rate`` clips/s needs: ``gpu_rate`` / the
+per-core loader rate of 0 workers (workers scale by processes; the
+one-worker-per-core row shows what this machine gives in parallel).
+"""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..config import Data
+from .formats import Entry
+from .sampling import train_indices
+from .video import open_entry
+
+GOALS = {"sthv1": 0.85, "sthv2": 0.9, "k400": 0.9}
+FRAMES, SIZE, SCALE, BATCH = 8, 112, 128, 8  # the paper's ablation input: 8 frames at 112 from a 128 short side
+
+
+def _pillow(entry: Entry, idx: np.ndarray) -> None:
+    from PIL import Image
+
+    for i in idx.tolist():
+        with Image.open(entry.path / f"{i + 1:05d}.jpg") as im:
+            np.asarray(im.convert("RGB"))
+
+
+def _simplejpeg(entry: Entry, idx: np.ndarray) -> None:
+    import simplejpeg
+
+    for i in idx.tolist():
+        simplejpeg.decode_jpeg((entry.path / f"{i + 1:05d}.jpg").read_bytes(), colorspace="RGB")
+
+
+def _decord(entry: Entry, idx: np.ndarray) -> None:
+    import decord
+
+    decord.VideoReader(str(entry.path), num_threads=1).get_batch(idx.tolist()).asnumpy()
+
+
+def raw_decoders(fmt: str) -> dict[str, Callable[[Entry, np.ndarray], None]]:
+    """The raw decoders of a format by name; the first is the ceiling the goal is judged against."""
+    if fmt == "sthv1":
+        return {"Pillow open + RGB": _pillow, "simplejpeg (the loader's decoder)": _simplejpeg}
+    return {"decord VideoReader + get_batch": _decord}
+
+
+def raw_rate(decode: Callable[[Entry, np.ndarray], None], entries: list[Entry], counts: list[int],
+             seconds: float, rng: np.random.Generator) -> float:
+    """Clips/s of ``decode`` for ``seconds``, cycling through ``entries``, TSN-sampled as training samples."""
+    start, k = time.perf_counter(), 0
+    while k % len(entries) or not k or time.perf_counter() - start < seconds:  # whole passes over the set
+        j = k % len(entries)
+        decode(entries[j], train_indices(counts[j], FRAMES, rng))
+        k += 1
+    return k / (time.perf_counter() - start)
+
+
+class LoaderClock:
+    """A training loader kept open across rounds (workers started once); :meth:`rate` times whole epochs,
+    so that it decodes the clips the raw decoder does, each once per pass."""
+
+    def __init__(self, data: Data, workers: int, seed: int = 0):
+        from .dataset import build_loader
+
+        self.loader, _ = build_loader(data.model_copy(update={"workers": workers, "persistent_workers": workers > 0}),
+                                      "train", batch_size=BATCH, seed=seed, train=True)
+        self._it = iter(self.loader)
+        self._batches = 0
+        self.rate(0.0)  # worker start-up and first decodes are not throughput
+
+    def _next(self) -> int:
+        try:
+            return len(next(self._it)[1])
+        except StopIteration:
+            self._it = iter(self.loader)
+            return len(next(self._it)[1])
+
+    def rate(self, seconds: float) -> float:
+        """Clips/s over whole epochs lasting at least ``seconds`` in all."""
+        start, done = time.perf_counter(), 0
+        while not done or self._batches % len(self.loader) or time.perf_counter() - start < seconds:
+            done += self._next()
+            self._batches += 1
+        return done / (time.perf_counter() - start)
+
+
+def bench_format(fmt: str, root: Path, annotations: Path, *, seconds: float, rounds: int,
+                 workers: int | None = None, gpu_rate: float = 1000.0) -> dict:
+    """One format's row: raw decoders, the loader with 0 and one-per-core workers, ratios, cores per GPU."""
+    from .dataset import build_dataset
+
+    workers = workers or os.cpu_count() or 1
+    data = Data(format=fmt, root=str(root), annotations=str(annotations), frames=FRAMES, size=SIZE, scale_size=SCALE)
+    entries = build_dataset(data, "train", train=True)[0].entries
+    if len(entries) < BATCH:
+        raise ValueError(f"{root}: {len(entries)} train clips; the bench needs at least {BATCH} (one batch)")
+    counts = [open_entry(e).num_frames for e in entries]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core: what one DataLoader worker has
+    try:
+        decoders = raw_decoders(fmt)
+        raw: dict[str, list[float]] = {name: [] for name in decoders}
+        loader0, ratios = [], []
+        clock = LoaderClock(data, 0)
+        for r in range(rounds):
+            if r % 2:  # odd rounds time the loader first, so drift within a round favours neither side
+                loader0.append(clock.rate(seconds))
+            for name, decode in decoders.items():
+                raw[name].append(raw_rate(decode, entries, counts, seconds, np.random.default_rng(r)))
+            if not r % 2:
+                loader0.append(clock.rate(seconds))
+            ratios.append(loader0[-1] / raw[next(iter(decoders))][-1])  # paired within the round
+        pooled = LoaderClock(data, workers)
+        many = pooled.rate(2 * seconds)
+        del pooled
+    finally:
+        torch.set_num_threads(threads)
+    first = next(iter(decoders))
+    w0 = statistics.median(loader0)
+    out = {"format": fmt, "files": f"{len(entries)} clips in {root}", "ceiling": first,
+           "raw_clips_per_s": {k: statistics.median(v) for k, v in raw.items()},
+           "loader_w0_clips_per_s": w0, "ratio_w0": statistics.median(ratios), "rounds": rounds,
+           "workers": workers, "loader_workers_clips_per_s": many,
+           "ratio_per_core": many / workers / statistics.median(raw[first]),
+           "goal": GOALS.get(fmt), "gpu_clips_per_s": gpu_rate,
+           "cores_per_gpu": math.ceil(gpu_rate / w0),
+           "cores_per_gpu_parallel": math.ceil(gpu_rate / (many / workers))}
+    if len(decoders) > 1:
+        out["ratio_w0_to_loaders_decoder"] = w0 / statistics.median(raw[list(decoders)[1]])
+    return out
+
+
+def formats_markdown(rows: list[dict]) -> str:
+    """The per-format table and one goal line per format."""
+    import pandas as pd
+
+    table, lines = [], []
+    for r in rows:
+        raws = ", ".join(f"{k} {v:.0f}" for k, v in r["raw_clips_per_s"].items())
+        table.append({"format": r["format"], "raw decode, 1 core (clips/s)": raws,
+                      "loader, 0 workers": round(r["loader_w0_clips_per_s"], 1),
+                      "ratio": round(r["ratio_w0"], 3),
+                      f"loader, {r['workers']} workers (1 per core)": round(r["loader_workers_clips_per_s"], 1),
+                      "per core / raw": round(r["ratio_per_core"], 3),
+                      f"cores per GPU at {r['gpu_clips_per_s']:.0f} clips/s": r["cores_per_gpu"]})
+        verdict = "met" if r["ratio_w0"] >= r["goal"] else "missed"
+        extra = (f"; against simplejpeg alone (the decoder it uses) {r['ratio_w0_to_loaders_decoder']:.3f}"
+                 if "ratio_w0_to_loaders_decoder" in r else "")
+        lines.append(f"- {r['format']}: loader / raw ({r['ceiling']}) = {r['ratio_w0']:.3f}, median of "
+                     f"{r['rounds']} paired rounds; goal >= {r['goal']}: {verdict}{extra}. Cores per GPU from "
+                     f"the {r['workers']}-worker rate: {r['cores_per_gpu_parallel']}. Files: {r['files']}.")
+    return pd.DataFrame(table).to_markdown(index=False) + "\n\n" + "\n".join(lines) + "\n"
