@@ -6,7 +6,9 @@ interleaved round by round so that load from other processes hits both alike:
 
 * raw: the decoder alone on the 8 sampled frames of a clip, one core, one
   thread (the ceiling): decord ``VideoReader`` + ``get_batch`` for video,
-  Pillow open + RGB for JPEG (and simplejpeg, the decoder the loader uses);
+  Pillow open + RGB for JPEG (and simplejpeg, the decoder the loader uses),
+  on exactly the clips and frame indices the loader draws in the same epochs
+  (a 250-frame MP4's cost depends on how far into it the sampled frames lie);
 * loader, 0 workers: the training loader (decode, TSN sampling, TSM
   multi-scale crop, uint8 collate), batch 8, in this process, one thread;
 * loader, one worker per core: the same with ``os.cpu_count()`` workers;
@@ -65,44 +67,52 @@ def raw_decoders(fmt: str) -> dict[str, Callable[[Entry, np.ndarray], None]]:
     return {"decord VideoReader + get_batch": _decord}
 
 
-def raw_rate(decode: Callable[[Entry, np.ndarray], None], entries: list[Entry], counts: list[int],
-             seconds: float, rng: np.random.Generator) -> float:
-    """Clips/s of ``decode`` for ``seconds``, cycling through ``entries``, TSN-sampled as training samples."""
-    start, k = time.perf_counter(), 0
-    while k % len(entries) or not k or time.perf_counter() - start < seconds:  # whole passes over the set
-        j = k % len(entries)
-        decode(entries[j], train_indices(counts[j], FRAMES, rng))
-        k += 1
-    return k / (time.perf_counter() - start)
+def epoch_keys(length: int, epoch: int, seed: int = 0) -> list[tuple[int, int]]:
+    """The (index, sample seed) pairs the training loader's sampler hands out in ``epoch``, whole batches only."""
+    from .dataset import SeededSampler
+
+    sampler = SeededSampler(length, seed=seed, shuffle=True)
+    sampler.set_epoch(epoch)
+    return list(sampler)[:length // BATCH * BATCH]
+
+
+def raw_seconds(decode: Callable[[Entry, np.ndarray], None], entries: list[Entry], counts: list[int],
+                epochs: range) -> tuple[float, int]:
+    """(seconds, clips) for ``decode`` on exactly the frames the loader samples in ``epochs``: the same clips,
+    the same indices (:class:`~harness.data.dataset.ClipDataset` draws them first from ``(seed, index)``)."""
+    jobs = [(entries[i], train_indices(counts[i], FRAMES, np.random.default_rng([s, i])))
+            for e in epochs for i, s in epoch_keys(len(entries), e)]
+    start = time.perf_counter()
+    for entry, idx in jobs:
+        decode(entry, idx)
+    return time.perf_counter() - start, len(jobs)
 
 
 class LoaderClock:
-    """A training loader kept open across rounds (workers started once); :meth:`rate` times whole epochs,
-    so that it decodes the clips the raw decoder does, each once per pass."""
+    """A training loader kept open across rounds (workers started once) that runs chosen epochs, so the raw
+    decoders can be timed on the very clips and frames it decodes."""
 
-    def __init__(self, data: Data, workers: int, seed: int = 0):
+    def __init__(self, data: Data, workers: int):
         from .dataset import build_loader
 
         self.loader, _ = build_loader(data.model_copy(update={"workers": workers, "persistent_workers": workers > 0}),
-                                      "train", batch_size=BATCH, seed=seed, train=True)
-        self._it = iter(self.loader)
-        self._batches = 0
-        self.rate(0.0)  # worker start-up and first decodes are not throughput
+                                      "train", batch_size=BATCH, seed=0, train=True)
+        self.next_epoch = 0
+        self.epoch_seconds = self.run(1)[0]  # worker start-up and first decodes: not timed after this
 
-    def _next(self) -> int:
-        try:
-            return len(next(self._it)[1])
-        except StopIteration:
-            self._it = iter(self.loader)
-            return len(next(self._it)[1])
+    def run(self, epochs: int) -> tuple[float, int]:
+        """(seconds, clips) for the next ``epochs`` epochs."""
+        start, clips = time.perf_counter(), 0
+        for _ in range(epochs):
+            self.loader.sampler.set_epoch(self.next_epoch)
+            self.next_epoch += 1
+            for _, labels in self.loader:
+                clips += len(labels)
+        return time.perf_counter() - start, clips
 
-    def rate(self, seconds: float) -> float:
-        """Clips/s over whole epochs lasting at least ``seconds`` in all."""
-        start, done = time.perf_counter(), 0
-        while not done or self._batches % len(self.loader) or time.perf_counter() - start < seconds:
-            done += self._next()
-            self._batches += 1
-        return done / (time.perf_counter() - start)
+
+def _rate(seconds: float, clips: int) -> float:
+    return clips / seconds
 
 
 def bench_format(fmt: str, root: Path, annotations: Path, *, seconds: float, rounds: int,
@@ -123,16 +133,18 @@ def bench_format(fmt: str, root: Path, annotations: Path, *, seconds: float, rou
         raw: dict[str, list[float]] = {name: [] for name in decoders}
         loader0, ratios = [], []
         clock = LoaderClock(data, 0)
+        epochs = max(1, round(seconds / clock.epoch_seconds))  # per measurement
         for r in range(rounds):
+            todo = range(clock.next_epoch, clock.next_epoch + epochs)
             if r % 2:  # odd rounds time the loader first, so drift within a round favours neither side
-                loader0.append(clock.rate(seconds))
+                loader0.append(_rate(*clock.run(epochs)))
             for name, decode in decoders.items():
-                raw[name].append(raw_rate(decode, entries, counts, seconds, np.random.default_rng(r)))
+                raw[name].append(_rate(*raw_seconds(decode, entries, counts, todo)))
             if not r % 2:
-                loader0.append(clock.rate(seconds))
+                loader0.append(_rate(*clock.run(epochs)))
             ratios.append(loader0[-1] / raw[next(iter(decoders))][-1])  # paired within the round
         pooled = LoaderClock(data, workers)
-        many = pooled.rate(2 * seconds)
+        many = _rate(*pooled.run(max(1, round(2 * seconds * workers / clock.epoch_seconds))))
         del pooled
     finally:
         torch.set_num_threads(threads)
