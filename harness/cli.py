@@ -152,7 +152,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--clips", type=int, default=16, help="clips per written set (default 16)")
     d.add_argument("--seconds", type=float, default=2.0,
                    help="with --rounds: rounds x seconds of raw/loader pairs per format, one epoch each (default 2)")
-    d.add_argument("--rounds", type=int, default=5, help="at least this many raw/loader pairs (default 5)")
+    d.add_argument("--rounds", type=int, default=10, help="at least this many raw/loader pairs (default 10)")
     d.add_argument("--gpu-clips-per-s", type=float, default=1000.0,
                    help="what one GPU trains, clips/s, for the cores-per-GPU column (default 1000)")
     d.add_argument("--format", choices=["md", "json"], default="md")
