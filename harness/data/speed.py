@@ -182,6 +182,7 @@ def formats_markdown(rows: list[dict]) -> str:
         extra = (f"; against simplejpeg alone (the decoder it uses) {r['ratio_w0_to_loaders_decoder']:.3f}"
                  if "ratio_w0_to_loaders_decoder" in r else "")
         lines.append(f"- {r['format']}: loader / raw ({r['ceiling']}) = {r['ratio_w0']:.3f}, median of "
-                     f"{r['rounds']} back-to-back pairs of one epoch each; goal >= {r['goal']}: {verdict}{extra}. Cores per GPU from "
-                     f"the {r['workers']}-worker rate: {r['cores_per_gpu_parallel']}. Files: {r['files']}.")
+                     f"{r['rounds']} back-to-back pairs of one epoch each; goal >= {r['goal']}: {verdict}{extra}. "
+                     f"Cores per GPU from the {r['workers']}-worker rate: {r['cores_per_gpu_parallel']}. "
+                     f"Files: {r['files']}.")
     return pd.DataFrame(table).to_markdown(index=False) + "\n\n" + "\n".join(lines) + "\n"
