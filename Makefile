@@ -40,7 +40,8 @@ profile: $(STAMP)
 # the measured seconds per trial; the goal is stated for 60-second trials: 7 epochs took 64 s a trial here,
 # 49 s once training kept its freed memory (harness.train.keep_freed_memory): shorter trials, a harder goal).
 # BENCH_REPEATS: interleaved repeats of the block bench (CLI default 15); more repeats narrow the noise
-# floor that its control row shows, at about 20 s a repeat here.
+# floor that its control row shows, at about 20 s a repeat here. The data bench also writes 16 clips of each
+# real format (sthv1 JPEG, sthv2 WebM, k400 MP4) at their real sizes into work/bench-data once (~1 minute).
 BENCH_EPOCHS ?= 7
 BENCH_REPEATS ?= 25
 BENCH := work/bench
@@ -51,6 +52,13 @@ bench: $(STAMP)
 	$(BIN)/harness bench data --format md > $(BENCH)/data.md
 	$(BIN)/harness bench harness --epochs $(BENCH_EPOCHS) --format md > $(BENCH)/harness.md
 	$(BIN)/harness bench report $(BENCH)/blocks.md $(BENCH)/data.md $(BENCH)/harness.md --out results/bench.md
+
+# data.decoder: gpu, on a machine with a CUDA GPU (and CUDA torch, torchcodec, FFmpeg's libraries): the bench's
+# real-size WebM and MP4 files decoded by decord and by torchcodec on the GPU, with the pixel difference and the
+# time of each (harness/data/gpu.py). Without a GPU it stops at once, saying what is missing.
+gpu-check: $(STAMP)
+	$(BIN)/python -c "from harness.data.realsize import ensure_set; [ensure_set(f, 'work/bench-data/' + f, 16) for f in ('sthv2', 'k400')]"
+	$(BIN)/python -m harness.data.gpu work/bench-data/sthv2/*.webm work/bench-data/k400/*/*.mp4
 
 clean:
 	rm -rf $(VENV) work

@@ -7,7 +7,8 @@ and clock changes hit every block alike. No test asserts a time.
 
     harness bench blocks --size 112 --frames 8 --format md
     harness bench blocks --default-malloc     # glibc's own malloc thresholds (before keep_freed_memory)
-    harness bench data                        # loader clips/s with 0, 1, 2 workers vs the model's
+    harness bench data                        # laptop loader vs model (and the decode cache), then real formats:
+                                              # raw decode vs the loader, cores per GPU (harness.data.speed)
     harness bench harness --epochs 7          # 6 laptop trials (~60 s each here) via Ray Tune + MLflow vs a plain pool
     make bench                                # all three -> results/bench.md
 """
@@ -206,9 +207,46 @@ def bench_data(study_path: str, *, profile: str = "laptop", row: str | None = No
     out = [{"what": f"model {cfg.row.block} train step ({cfg.recipe.threads} thread(s))",
             "clips_per_s": model, "ratio_to_model": 1.0}]
     for w in workers:
-        rate = loader_rate(cfg.data, workers=w, batch_size=batch, batches=batches)
+        rate = loader_rate(cfg.data.model_copy(update={"cache": "off"}), workers=w, batch_size=batch, batches=batches)
         out.append({"what": f"loader, {w} worker(s)", "clips_per_s": rate, "ratio_to_model": rate / model})
+    if cfg.data.cache != "off":  # the profile decodes once: its loader reads the cache (built here if absent)
+        rate = loader_rate(cfg.data, workers=0, batch_size=batch, batches=batches)
+        out.append({"what": f"loader, 0 workers, data.cache: {cfg.data.cache}", "clips_per_s": rate,
+                    "ratio_to_model": rate / model})
     return out
+
+
+def laptop_epochs(study_path: str, *, profile: str = "laptop", row: str | None = None,
+                  rounds: int = 2) -> list[dict]:
+    """Wall seconds of a 1-epoch trial (loaders, model, train, val, checkpoint) with data.cache off and as the
+    profile sets it, interleaved; and whether both give the same metrics (they must: same pixels)."""
+    import tempfile
+
+    from .config import trial_config
+    from .train import fit
+
+    from .data.dataset import build_dataset
+
+    study = load_study(study_path)
+    cfg = trial_config(study, profile, row or next(iter(study.rows)), seed=0)
+    modes = ["off"] + ([cfg.data.cache] if cfg.data.cache != "off" else ["file"])
+    for split in ("train", "val"):  # build the cache before timing: once per dataset, not per epoch
+        build_dataset(cfg.data.model_copy(update={"cache": modes[1]}), split, train=split == "train")
+    seconds: dict[str, list[float]] = {m: [] for m in modes}
+    metrics: dict[str, dict] = {}
+    for _ in range(rounds):
+        for mode in modes:
+            one = cfg.model_copy(update={"data": cfg.data.model_copy(update={"cache": mode}),
+                                         "recipe": cfg.recipe.model_copy(update={"epochs": 1})})
+            with tempfile.TemporaryDirectory(prefix="bench-epoch-") as tmp:
+                start = time.perf_counter()
+                result = fit(one, tmp)
+                seconds[mode].append(time.perf_counter() - start)
+            metrics[mode] = {k: v for k, v in result.history[-1].items() if k != "clips_per_s"}
+    same = all(metrics[m] == metrics[modes[0]] for m in modes)
+    return [{"what": f"1-epoch {cfg.row.block} trial, data.cache: {m}", "seconds": float(np.median(seconds[m])),
+             "ratio_to_off": float(np.median(seconds[m])) / float(np.median(seconds["off"])),
+             "same_metrics_as_off": same} for m in modes]
 
 
 # ----------------------------------------------------------------------------- harness overhead
@@ -348,10 +386,7 @@ def main(args) -> int:
     if args.bench_command == "blocks":
         return _main_blocks(args)
     if args.bench_command == "data":
-        rows = bench_data(args.study, profile=args.profile, batches=args.batches, steps=args.steps)
-        _print(rows, args.format, f"Training loader vs model, {args.study} ({args.profile} profile), "
-               f"{machine()}; goal: loader >= 1.5x model.")
-        return 0
+        return _main_data(args)
     if args.bench_command == "harness":
         from .errors import fail_config
 
@@ -375,6 +410,49 @@ def main(args) -> int:
         print(write_atomic(report_markdown(sections), args.out))
         return 0
     raise SystemExit(f"unknown bench {args.bench_command}")
+
+
+def _main_data(args) -> int:
+    """``harness bench data``: the laptop loader vs its model (and the decode cache), then the real formats."""
+    from .data import realsize, speed
+    from .train import keep_freed_memory
+
+    keep_freed_memory()  # as every training process sets it: a clip's MBs of frames are reused, not faulted in
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in ("laptop", *realsize.SPECS)]
+    real = [f for f in formats if f in realsize.SPECS]
+    if unknown or (args.root and len(real) != 1):
+        print(f"error: --formats: {'unknown ' + ', '.join(unknown) if unknown else 'one real format with --root'}; "
+              f"choose from laptop, {', '.join(realsize.SPECS)} (--root takes the files of one)", file=sys.stderr)
+        return 2
+    out: dict[str, Any] = {"machine": machine()}  # before the laptop bench sets the profile's threads
+    if "laptop" in formats:
+        out["laptop"] = bench_data(args.study, profile=args.profile, batches=args.batches, steps=args.steps)
+        out["laptop_epoch"] = laptop_epochs(args.study, profile=args.profile, rounds=args.epoch_rounds)
+    out["formats"] = []
+    for fmt in real:
+        root = Path(args.root) if args.root else realsize.ensure_set(fmt, Path(args.data_dir) / fmt, clips=args.clips)
+        ann = Path(args.annotations) if args.annotations else root
+        out["formats"].append(speed.bench_format(fmt, root, ann, seconds=args.seconds, rounds=args.rounds,
+                                                 gpu_rate=args.gpu_clips_per_s))
+    if args.format == "json":
+        json.dump(out, sys.stdout, indent=1)
+        print()
+        return 0
+    import pandas as pd
+
+    print(f"{out['machine']}.\n")
+    if "laptop" in out:
+        print(f"Training loader vs model, {args.study} ({args.profile} profile); goal: loader >= 1.5x model.\n")
+        print(pd.DataFrame(out["laptop"]).round(3).to_markdown(index=False) + "\n")
+        print(pd.DataFrame(out["laptop_epoch"]).round(3).to_markdown(index=False) + "\n")
+    if out["formats"]:
+        print(f"Real formats ({FRAMES_NOTE}); every rate one core, one thread, except the worker column.\n")
+        print(speed.formats_markdown(out["formats"]))
+    return 0
+
+
+FRAMES_NOTE = "8 frames at 112 from a 128 short side, batch 8, train sampling and TSM multi-scale crop"
 
 
 def report_markdown(sections: dict[str, str]) -> str:

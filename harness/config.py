@@ -229,6 +229,12 @@ class Data(Strict):
     persistent_workers: bool = False
     prefetch_factor: int | None = None
     max_bad_fraction: float = Field(0.01, ge=0, le=1)
+    # Decode once (harness.data.cache): "file" keeps a split's decoded frames (uint8) next to the data for every
+    # trial, "memory" in this process; for small sets. Values are the decoder's bit for bit.
+    cache: Literal["off", "memory", "file"] = "off"
+    # Where videos decode: "cpu" (decord / simplejpeg, the tested default) or "gpu" (torchcodec with NVDEC;
+    # needs a CUDA GPU, CUDA torch, torchcodec and FFmpeg's shared libraries: see docs/paper-profile.md).
+    decoder: Literal["cpu", "gpu"] = "cpu"
     synth: Synth | None = None
     # Stratified val top-1 (harness.probe): by the synth size x speed buckets, or by a user CSV clip_id,bucket.
     buckets: Buckets | None = None

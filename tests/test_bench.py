@@ -3,10 +3,12 @@
 No timing assertion: speed is reported by the bench, never asserted.
 """
 import json
+import math
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,11 +66,69 @@ def test_bench_data_smoke(tmp_path, capsys):
         f"    data: {{format: synth, root: {tmp_path / 'synth'}, frames: 4, size: 16, scale_size: 18,\n"
         "           synth: {videos: 20, frames: 8, size: 32}}\n"
         "    recipe: {batch_size: 4}\nrows:\n  TSN: {block: tsn}\n")
-    assert main(["bench", "data", "--study", str(study), "--batches", "2", "--steps", "1",
-                 "--format", "json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    assert main(["bench", "data", "--study", str(study), "--batches", "2", "--steps", "1", "--formats", "laptop",
+                 "--epoch-rounds", "1", "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = out["laptop"]
     assert [r["what"].split(",")[0] for r in rows] == ["model tsn train step (1 thread(s))"] + ["loader"] * 3
     assert all(r["clips_per_s"] > 0 for r in rows) and rows[0]["ratio_to_model"] == 1.0
+    epochs = out["laptop_epoch"]  # the profile has no cache: off against file
+    assert [e["what"].split(": ")[1] for e in epochs] == ["off", "file"] and epochs[0]["ratio_to_off"] == 1.0
+    assert all(e["same_metrics_as_off"] for e in epochs) and out["formats"] == []
+
+
+def _tiny_sthv1(root, clips: int = 8, frames: int = 12):
+    """A tiny Something-Something v1 layout: frame folders and the three csv files."""
+    from PIL import Image
+
+    for i in range(clips):
+        (root / str(i)).mkdir(parents=True)
+        for f in range(frames):
+            Image.fromarray(np.full((24, 40, 3), 10 * f + i, np.uint8)).save(root / str(i) / f"{f + 1:05d}.jpg")
+    (root / "something-something-v1-labels.csv").write_text("a\nb\n")
+    rows = "".join(f"{i};{'ab'[i % 2]}\n" for i in range(clips))
+    (root / "something-something-v1-train.csv").write_text(rows)
+    (root / "something-something-v1-validation.csv").write_text(rows)
+
+
+def test_bench_data_on_a_format_reports_ratios_and_cores_per_gpu(tmp_path, capsys):
+    _tiny_sthv1(tmp_path / "v1")
+    argv = ["bench", "data", "--formats", "sthv1", "--root", str(tmp_path / "v1"), "--seconds", "0.01",
+            "--rounds", "1", "--gpu-clips-per-s", "500"]
+    assert main(argv + ["--format", "json"]) == 0
+    (r,) = json.loads(capsys.readouterr().out)["formats"]
+    assert r["format"] == "sthv1" and r["goal"] == 0.85 and r["workers"] == os.cpu_count()
+    raw = r["raw_clips_per_s"]
+    assert list(raw) == ["Pillow open + RGB", "simplejpeg (the loader's decoder)"] and min(raw.values()) > 0
+    assert r["ratio_w0"] == pytest.approx(r["loader_w0_clips_per_s"] / raw["Pillow open + RGB"])  # one round
+    assert r["cores_per_gpu"] == math.ceil(500 / r["loader_w0_clips_per_s"])
+    assert main(argv + ["--format", "md"]) == 0
+    text = capsys.readouterr().out
+    assert "| sthv1 " in text and "goal >= 0.85: " in text and "cores per GPU at 500 clips/s" in text
+
+
+def test_bench_data_rejects_unknown_formats_and_root_with_several(capsys):
+    assert main(["bench", "data", "--formats", "sthv3"]) == 2
+    assert "unknown sthv3" in capsys.readouterr().err
+    assert main(["bench", "data", "--formats", "sthv1,k400", "--root", "x"]) == 2
+    assert "one real format with --root" in capsys.readouterr().err
+
+
+def test_realsize_writes_the_official_layouts_at_real_sizes(tmp_path, monkeypatch):
+    """sthv1 at its real size; k400's layout on a shortened clip (H.264 encodes in-process; VP9 would not
+    once decord is loaded, which is why the bench writes sets in a fresh process)."""
+    from harness.data import realsize
+    from harness.data.formats import read_split
+    from harness.data.video import open_entry
+
+    realsize.write_set("sthv1", tmp_path / "v1", clips=2)
+    monkeypatch.setitem(realsize.SPECS, "k400", realsize.Spec(64, 48, 10, 25, "short k400"))
+    realsize.write_set("k400", tmp_path / "k", clips=2)
+    for fmt, root, shape in (("sthv1", tmp_path / "v1", (40, 100, 176, 3)), ("k400", tmp_path / "k", (10, 48, 64, 3))):
+        entries = read_split(fmt, root, root, "train").entries
+        assert len(entries) == 2
+        clip = open_entry(entries[1])
+        assert (clip.num_frames, *clip.get(np.arange(1)).shape[1:]) == shape
 
 
 @pytest.mark.slow

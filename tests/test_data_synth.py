@@ -127,6 +127,7 @@ def test_trainer_reader_decodes_clips_in_order(data_synth_dir, monkeypatch):
         return eval_clip(video[idx], resize_to=ds.resize_to, size=32, crops=1)
 
     def corr(a, b):  # correlation of the temporal residuals: what moves, not the background or coding noise
+        a, b = a.float(), b.float()  # uint8 pixels out of the loader
         a, b = (a - a.mean(dim=1, keepdim=True)).flatten(), (b - b.mean(dim=1, keepdim=True)).flatten()
         return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 

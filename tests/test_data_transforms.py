@@ -49,7 +49,7 @@ def test_view_boxes(crops):
 def test_eval_views_shapes_and_mirrors():
     frames = np.random.default_rng(0).integers(0, 255, (4, 60, 80, 3), dtype=np.uint8)
     v = eval_clip(frames, resize_to=40, size=32, crops=10)
-    assert v.shape == (10, 4, 3, 32, 32) and v.dtype == torch.float32
+    assert v.shape == (10, 4, 3, 32, 32) and v.dtype == torch.uint8
     assert torch.equal(v[5:], v[:5].flip(-1))  # the last five are the first five mirrored
     one = eval_clip(frames, resize_to=40, size=32, crops=1)
     assert torch.equal(one[0], v[4])  # the centre crop is the fifth of the five
@@ -72,7 +72,7 @@ def half_red_clip(t: int = 3, size: int = 40) -> np.ndarray:
 
 def is_flipped(clip: torch.Tensor) -> bool:
     s = clip.shape[-1]
-    return bool(clip[0, 2, :, : s // 4].mean() > clip[0, 0, :, : s // 4].mean())  # blue on the left
+    return bool(clip[0, 2, :, : s // 4].float().mean() > clip[0, 0, :, : s // 4].float().mean())  # blue on the left
 
 
 def test_train_flip_swaps_labels():

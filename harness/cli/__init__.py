@@ -158,11 +158,25 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                         "(the 'before' of that change)")
     b.add_argument("--format", choices=["md", "json"], default="md")
     b.set_defaults(target="harness.bench:main")
-    d = bsub.add_parser("data", help="training-loader clips/s with 0, 1, 2 workers next to the model's")
+    d = bsub.add_parser("data", help="the laptop loader vs its model, then real formats: loader vs raw decode, "
+                        "cores per GPU")
     d.add_argument("--study", default="studies/table1.yaml")
     d.add_argument("--profile", default="laptop")
-    d.add_argument("--batches", type=int, default=20, help="batches timed per loader")
+    d.add_argument("--batches", type=int, default=20, help="batches timed per laptop loader")
     d.add_argument("--steps", type=int, default=10, help="model steps timed")
+    d.add_argument("--epoch-rounds", type=int, default=2, help="1-epoch laptop trials per cache mode (default 2)")
+    d.add_argument("--formats", default="laptop,sthv1,sthv2,k400",
+                   help="comma-separated: laptop (the study's profile) and real formats sthv1, sthv2, k400")
+    d.add_argument("--root", default=None, help="take the files of the one real format here (official layout) "
+                   "instead of writing them")
+    d.add_argument("--annotations", default=None, help="with --root: the annotations folder (default --root)")
+    d.add_argument("--data-dir", default="work/bench-data", help="where written sets go (reused when present)")
+    d.add_argument("--clips", type=int, default=16, help="clips per written set (default 16)")
+    d.add_argument("--seconds", type=float, default=2.0,
+                   help="with --rounds: rounds x seconds of raw/loader pairs per format, one epoch each (default 2)")
+    d.add_argument("--rounds", type=int, default=10, help="at least this many raw/loader pairs (default 10)")
+    d.add_argument("--gpu-clips-per-s", type=float, default=1000.0,
+                   help="what one GPU trains, clips/s, for the cores-per-GPU column (default 1000)")
     d.add_argument("--format", choices=["md", "json"], default="md")
     d.set_defaults(target="harness.bench:main")
     h = bsub.add_parser("harness", help="the same trials through Ray Tune + MLflow and through a plain "

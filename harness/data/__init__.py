@@ -9,7 +9,8 @@ Modules, one concern each: ``formats`` (annotation readers), ``sampling``
 (TSN / TSM frame indices), ``video`` (decord / Pillow decoding), ``transforms``
 (batched uint8 clip transforms), ``dataset`` (Dataset, sampler, loader),
 ``synth`` (the reversal-paired synthetic set), ``inspect`` (``harness data inspect``),
-``fingerprint`` (``harness data fingerprint``).
+``fingerprint`` (``harness data fingerprint``), ``cache`` (``data.cache``: decode once),
+``gpu`` (``data.decoder: gpu``), ``realsize`` and ``speed`` (``harness bench data`` on real formats).
 
 Names are imported lazily so that ``harness data synth`` and the synth pool
 workers do not pay for importing torch.

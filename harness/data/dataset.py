@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import Data
+from .cache import FrameCache, open_cache
 from .formats import DataError, Entry, read_split
 from .sampling import clip_indices, train_indices
 from .transforms import SOMETHING_FLIP_SWAP, eval_clip, symmetric_swap, train_clip
@@ -120,18 +121,20 @@ class ClipDataset(Dataset):
         split: name used in messages.
         with_index: items are ``(clip, label, entry index)``, the index of the entry actually read
             (a bad entry's replacement), so an evaluator can map predictions back to entries.
+        cache: decoded frames to read instead of decoding (``data.cache``, :mod:`harness.data.cache`).
+        decoder: ``"cpu"`` (decord, simplejpeg) or ``"gpu"`` (torchcodec on CUDA, :mod:`harness.data.gpu`).
     """
 
     def __init__(self, entries: list[Entry], *, frames: int, train: bool, resize_to: int, size: int,
                  flip: bool = False, swap: dict[int, int] | None = None, clips: int = 1, crops: int = 1,
                  max_bad_fraction: float = 0.01, split: str = "train", with_index: bool = False,
-                 multiscale: bool = True):
+                 multiscale: bool = True, cache: FrameCache | None = None, decoder: str = "cpu"):
         if not entries:
             raise DataError(f"the {split} split has no entries")
         self.entries = entries
         self.frames, self.train, self.resize_to, self.size = frames, train, resize_to, size
         self.flip, self.swap, self.clips, self.crops = flip, dict(swap or {}), clips, crops
-        self.with_index, self.multiscale = with_index, multiscale
+        self.with_index, self.multiscale, self.cache, self.decoder = with_index, multiscale, cache, decoder
         self.bad = BadEntries(entries, max_bad_fraction, split)
         self._mark_missing()
 
@@ -176,7 +179,14 @@ class ClipDataset(Dataset):
                                f"{entry.where}); restore it, then continue with --resume")
 
     def _load(self, entry: Entry, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
-        clip = open_entry(entry)
+        if self.cache is not None:
+            clip = self.cache.clip(entry)
+        elif self.decoder == "gpu":
+            from .gpu import open_gpu
+
+            clip = open_gpu(entry)
+        else:
+            clip = open_entry(entry)
         if self.train:
             frames = clip.get(train_indices(clip.num_frames, self.frames, rng))
             return train_clip(frames, entry.label, resize_to=self.resize_to, size=self.size,
@@ -264,6 +274,10 @@ def dataset_paths(data: Data) -> tuple[str, Path, Path]:
 
 
 def build_dataset(data: Data, split: str, *, train: bool, with_index: bool = False) -> tuple[ClipDataset, list[str]]:
+    if data.decoder == "gpu":  # what is missing, before any file is read
+        from .gpu import check
+
+        check(data)
     fmt, root, ann = dataset_paths(data)
     result = read_split(fmt, root, ann, split)
     entries = result.entries
@@ -277,7 +291,7 @@ def build_dataset(data: Data, split: str, *, train: bool, with_index: bool = Fal
         entries, frames=data.frames, train=train, resize_to=data.resize, size=data.size,
         flip=data.flip and train, swap=flip_swap(data, result.classes), clips=data.test_clips,
         crops=data.test_crops, max_bad_fraction=data.max_bad_fraction, split=split, with_index=with_index,
-        multiscale=data.multiscale_crop,
+        multiscale=data.multiscale_crop, cache=open_cache(data, split, entries, ann), decoder=data.decoder,
     )
     return dataset, result.classes
 

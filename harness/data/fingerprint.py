@@ -90,7 +90,10 @@ def _decoder(entry: Entry) -> str:
     if entry.frames:
         import PIL
 
-        return f"Pillow {PIL.__version__}"
+        from .video import _simplejpeg
+
+        jpeg = f" (JPEG: simplejpeg {_simplejpeg.__version__}, the same pixels)" if _simplejpeg is not None else ""
+        return f"Pillow {PIL.__version__}{jpeg}"
     import av
     import decord
 

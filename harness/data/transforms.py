@@ -13,7 +13,12 @@ of a clip:
 * eval: short side to ``resize``, then 1 centre crop, 3 crops along the long
   side (``GroupFullResSample``), 5 (corners + centre, ``GroupOverSample``) or
   10 (those 5 and their mirror images);
-* ImageNet mean / std normalisation, float32 out.
+* uint8 out: ImageNet mean / std normalisation is the trainer's, after the
+  batch is on its device (:func:`on_device`). A float clip is 4x the bytes to
+  collate, pin and copy, and normalising in the worker cost as much as
+  decoding a 176 x 100 JPEG clip (``harness bench data``); on the device it is
+  one op per batch. The values are those of per-clip normalisation bit for
+  bit: the same elementwise float32 ops, in the same order.
 
 Resizing is bilinear with antialiasing directly on uint8 (torch >= 2.1), which
 is faster than on float and close to Pillow's resize.
@@ -32,8 +37,15 @@ SOMETHING_FLIP_SWAP = {86: 87, 93: 94, 166: 167}  # GST: left/right classes of S
 Box = tuple[int, int, int, int]  # top, left, height, width
 
 
-def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """``(T, H, W, 3)`` uint8 array -> ``(T, 3, H, W)`` uint8 tensor (a channels-last view, no copy)."""
+def to_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``(T, H, W, 3)`` uint8 array -> ``(T, 3, H, W)`` uint8 tensor (a channels-last view, no copy).
+
+    A tensor is taken as ``(T, 3, H, W)`` uint8 already (what the GPU decoder returns, on its device).
+    """
+    if isinstance(frames, torch.Tensor):
+        if frames.dim() != 4 or frames.shape[1] != 3 or frames.dtype != torch.uint8:
+            raise ValueError(f"expected uint8 frames (T, 3, H, W), got {frames.dtype} {tuple(frames.shape)}")
+        return frames
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
@@ -43,6 +55,9 @@ def resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Bilinear, antialiased resize of a ``(T, 3, H, W)`` uint8 clip."""
     if x.shape[-2:] == (height, width):
         return x
+    if x.is_cuda:  # CUDA's antialiased resize takes float only (GPU decoder): resize, round back to uint8
+        y = F.interpolate(x.float(), size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+        return y.round_().clamp_(0, 255).to(torch.uint8)
     return F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
 
 
@@ -112,10 +127,23 @@ def view_boxes(height: int, width: int, size: int, crops: int) -> list[tuple[Box
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(..., 3, H, W)`` -> float32 with ImageNet mean / std."""
-    mean = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
-    return (x.float().div_(255.0) - mean).div_(std).contiguous()
+    """uint8 ``(..., 3, H, W)`` -> float32 with ImageNet mean / std, on ``x``'s device."""
+    mean = torch.tensor(MEAN, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    # contiguous first, on the uint8: the float ops on a channels-last-strided clip (what the uint8 resize
+    # returns) run ~6x slower than on a contiguous one; the values do not depend on the layout.
+    return (x.contiguous().float().div_(255.0) - mean).div_(std).contiguous()
+
+
+def on_device(clips: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A loader batch as model input: moved to ``device``, then normalised there if it is uint8 pixels.
+
+    The one call the trainer makes where a batch meets the model. A float batch
+    passes unchanged (moved only): it is model input already (the synthetic
+    batches of ``harness.tune``'s checks, test loaders).
+    """
+    clips = clips.to(device, non_blocking=True)
+    return normalize(clips) if clips.dtype == torch.uint8 else clips
 
 
 def symmetric_swap(pairs: dict[int, int] | None) -> dict[int, int]:
@@ -132,21 +160,21 @@ def symmetric_swap(pairs: dict[int, int] | None) -> dict[int, int]:
 def train_clip(frames: np.ndarray, label: int, *, resize_to: int, size: int, flip: bool,
                swap: dict[int, int], rng: np.random.Generator, multiscale: bool = True) -> tuple[torch.Tensor, int]:
     """Training view: short-side resize, multi-scale crop (or, ``multiscale=False``, a fixed-scale crop),
-    optional flip (+label swap); ``(T, 3, S, S)`` float32."""
+    optional flip (+label swap); ``(T, 3, S, S)`` uint8."""
     x = resize_short(to_tensor(frames), resize_to)
     box = (multiscale_box if multiscale else fixed_scale_box)(x.shape[-2], x.shape[-1], size, rng)
     x = resize(crop(x, box), size, size)
     if flip and rng.random() < 0.5:
         x = x.flip(-1)
         label = swap.get(label, label)
-    return normalize(x), label
+    return x, label
 
 
 def eval_clip(frames: np.ndarray, *, resize_to: int, size: int, crops: int) -> torch.Tensor:
-    """Test views of one clip: ``(crops, T, 3, S, S)`` float32."""
+    """Test views of one clip: ``(crops, T, 3, S, S)`` uint8."""
     x = resize_short(to_tensor(frames), max(resize_to, size))
     views = []
     for box, mirrored in view_boxes(x.shape[-2], x.shape[-1], size, crops):
         v = crop(x, box)
         views.append(v.flip(-1) if mirrored else v)
-    return normalize(torch.stack(views))
+    return torch.stack(views)

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from harness import checkpoint, names
 from harness.config import TrainConfig
 from harness.data.formats import clip_id
+from harness.data.transforms import on_device
 from harness.files import copy_atomic, write_atomic
 from harness.predictions import Predictions
 from harness.train import resume as resuming
@@ -178,7 +179,7 @@ def _train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
     bar = tqdm(s.train_loader, desc=f"epoch {epoch + 1}/{r.epochs}", disable=not progress,
                leave=False, dynamic_ncols=True)
     for step, (clips, labels) in enumerate(bar):
-        clips, labels = clips.to(s.device, non_blocking=True), labels.to(s.device, non_blocking=True)
+        clips, labels = on_device(clips, s.device), labels.to(s.device, non_blocking=True)  # uint8, normalised there
         with autocast(s.device, s.amp_dtype):
             logits = s.model(clips) if s.ddp is None else s.ddp(clips)  # DDP all-reduces in backward
         aux = s.model.aux_losses() if hasattr(s.model, "aux_losses") else {}
@@ -253,7 +254,7 @@ def _validate(model: nn.Module, loader: DataLoader[Any], *, progress: bool,
         if keep and not index:
             raise ValueError("per-clip predictions need a loader that yields entry indices; "
                              "build it with build_loader(..., with_index=True)")
-        clips, labels = clips.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
+        clips, labels = on_device(clips, dev), labels.to(dev, non_blocking=True)  # uint8, normalised there
         with autocast(dev, amp_dtype):
             logits = view_logits(model, clips).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()

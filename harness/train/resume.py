@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 # Keys that may change between a run and its resume: they do not change what is learned.
 RESUMABLE_CHANGES = {
     "name", "recipe.epochs", "recipe.threads", "data.workers", "data.pin_memory",
-    "data.persistent_workers", "data.prefetch_factor", "data.test_clips", "data.test_crops",
+    "data.persistent_workers", "data.prefetch_factor", "data.test_clips", "data.test_crops", "data.cache",
     "data.buckets", "data.buckets.size", "data.buckets.speed", "data.bucket_csv",  # what is reported, not learned
 }
 
