@@ -8,6 +8,8 @@ Pure constants: importing this module imports nothing else, so the trainer
 """
 from __future__ import annotations
 
+import re
+
 # ----------------------------------------------------------------------------- tags: what a run is
 
 KIND = "harness.kind"  # "parent" (one `harness run` invocation) or "trial" (a child run)
@@ -78,6 +80,11 @@ ROW_GFLOPS = "row/{row}/gflops"  # parent: a row's GFLOPs on the paper backbone
 
 def profile_gflops(size: int | str) -> str:
     return PROFILE_GFLOPS.format(size=size)
+
+
+def row_metric(template: str, row: str) -> str:
+    """``ROW_TOP1`` / ``ROW_GFLOPS`` for a row, its name made a valid MLflow metric name (``+`` -> ``_``)."""
+    return template.format(row=re.sub(r"[^A-Za-z0-9_\-. /]", "_", row).strip("/"))
 
 
 # ----------------------------------------------------------------------------- params and artifacts

@@ -291,6 +291,7 @@ def publish(study: Study, kind: Kind, tracker: Tracker, parent_id: str, opts: Ru
     report = kind.report(study, opts.profile, tracker, parent_id, opts.out_dir)
     for p in report.paths.values():
         tracker.log_artifact(parent_id, p, names.RESULTS_ARTIFACTS)
+    tracker.log_metrics(parent_id, report.summary)  # each row's top-1 and GFLOPs: the chart view compares rows
     print()
     print(report.text)
     exp_id = tracker.experiment_id(study.name, create=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,12 @@ INCOMPLETE = "Incomplete:"  # how a table that lacks trials starts its second li
 
 @dataclass(frozen=True)
 class Report:
-    """What a report wrote (by kind of file) and the text to print."""
+    """What a report wrote (by kind of file), the text to print, and the numbers its parent run carries
+    so MLflow's chart view compares the rows at a glance (a row's mean top-1 and GFLOPs)."""
 
     paths: dict[str, Path]
     text: str
+    summary: dict[str, float] = field(default_factory=dict)
 
 
 def trial_protocol(trial: TrialRun) -> str:
@@ -184,3 +186,14 @@ def heading(study: Study, runs: StudyRuns, h: Mapping[str, str]) -> str:
     """The markdown title and header line, with the line that says the table is incomplete when it is."""
     missing = completeness(runs)
     return f"# {study.name}\n\n{header_line(h)}\n\n" + (f"{missing}\n\n" if missing else "")
+
+
+def row_summary(frame: pd.DataFrame, gflops: str | None = None) -> dict[str, float]:
+    """Each run row's mean top-1 (and GFLOPs from the ``gflops`` column) as parent-run metrics."""
+    out: dict[str, float] = {}
+    for _, r in frame.iterrows():
+        if value(r.get("top1_mean")) is not None:
+            out[names.row_metric(names.ROW_TOP1, str(r["row"]))] = float(r["top1_mean"])
+        if gflops and value(r.get(gflops)) is not None and value(r.get("top1_mean")) is not None:
+            out[names.row_metric(names.ROW_GFLOPS, str(r["row"]))] = float(r[gflops])
+    return out

@@ -34,8 +34,8 @@ import pandas as pd
 import blocks
 from harness import names, paper, plots
 from harness.config import Study, row_data
-from harness.tables.common import (TRACED, Report, heading, header, header_line, num, pm, references, trial_frame,
-                                   value, write_set)
+from harness.tables.common import (TRACED, Report, heading, header, header_line, num, pm, references, row_summary,
+                                   trial_frame, value, write_set)
 from harness.tracking import StudyRuns, Tracker
 
 log = logging.getLogger(__name__)
@@ -311,4 +311,4 @@ def write(study: Study, profile: str, tracker: Tracker, parent_id: str | None = 
     title = header_line(h)
     paths = write_set(study, runs, Path(out_dir), texts,
                       {".png": lambda path: figure(study, tracker, runs, frame, path, title=title)})
-    return Report(paths, texts["md"])
+    return Report(paths, texts["md"], row_summary(frame, "gflops_view"))

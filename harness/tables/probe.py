@@ -21,7 +21,7 @@ from harness.config import Study
 from harness.data.synth import CLASSES
 from harness.predictions import Predictions
 from harness.probe import SIZE_NAMES, SPEED_NAMES, clip_buckets, stratified_top1
-from harness.tables.common import Report, header, header_line, heading, pm, write_set
+from harness.tables.common import Report, header, header_line, heading, pm, row_summary, write_set
 from harness.tracking import StudyRuns, Tracker, TrialRun
 
 log = logging.getLogger(__name__)
@@ -197,4 +197,5 @@ def write(study: Study, profile: str, tracker: Tracker, parent_id: str | None = 
     title = header_line(h)
     paths = write_set(study, runs, Path(out_dir), texts,
                       {".png": lambda path: plots.scale_heatmaps(cell_means(study, cells), path, title=title)})
-    return Report(paths, texts["md"])
+    labelled = frame.assign(row=[f"{r}@{g}" if g else r for r, g in zip(frame["row"], frame["regime"])])
+    return Report(paths, texts["md"], row_summary(labelled))
