@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.config import Data, Profile, Study, trial_config
+from harness.config import Data, Profile, Regime, Study, trial_config
 from harness.protocol import Protocol
 from harness.study.plan import (Launch, lr_origin, parent_params, profile_metrics, profile_rows,
                                 profile_sizes, with_profile)
@@ -61,13 +61,13 @@ def plan(study: Study, profile_name: str, profile: Profile) -> GridPlan:
     resolved = with_profile(study, profile_name, profile)
     sizes = profile_sizes(study)
     profiles = profile_rows(study, sizes, profile_name)
-    regimes: dict[str | None, Any] = dict(study.regimes or {None: None})
+    regimes: dict[str | None, Regime | None] = {k: v for k, v in (study.regimes or {}).items()} or {None: None}
     specs = []
     for seed in range(profile.seeds):
         for row in study.rows:
             for regime_name, regime in regimes.items():
                 cfg = trial_config(resolved, profile_name, row, seed)
-                if regime is not None:
+                if regime is not None and regime_name is not None:
                     cfg = cfg.model_copy(update={"data": regime.data(cfg.data, regime_name)})
                 specs.append(TrialSpec(
                     key=grid_key(study.name, profile_name, row, seed, regime_name), study=study.name,

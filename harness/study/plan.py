@@ -82,10 +82,10 @@ class Plan(Protocol):
 # ----------------------------------------------------------------------------- the resolved profile
 
 
-def absolute(value: str | None) -> str | None:
+def absolute(value: str) -> str:
     """A relative path made absolute against the current folder (so a worker elsewhere reads the same
     files); ``${VAR}`` left for its error, URIs as they are."""
-    if value is None or "${" in value or "://" in value:
+    if "${" in value or "://" in value:
         return value
     return str(Path(value).expanduser().resolve())
 
@@ -99,8 +99,8 @@ def resolve_profile(study: Study, name: str, seeds: int | None = None) -> Profil
         if seeds < 1:
             raise ValueError(f"--seeds must be at least 1, got {seeds}")
         prof.seeds = seeds
-    prof.data.root = absolute(prof.data.root) or prof.data.root
-    prof.data.annotations = absolute(prof.data.annotations)
+    prof.data.root = absolute(prof.data.root)
+    prof.data.annotations = absolute(prof.data.annotations) if prof.data.annotations else None
     prof.backbone = prof.backbone.map_paths(absolute)  # one checkpoint path, or one per arch
     return prof
 

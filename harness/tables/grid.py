@@ -51,7 +51,7 @@ def build(study: Study, runs: StudyRuns) -> pd.DataFrame:
     per_row_protocol = any(row.data for row in study.rows.values())
     out = []
     labels = [(row, row if regime is None else f"{row}@{regime}")
-              for row in study.rows for regime in (study.regimes or {None: None})]
+              for row in study.rows for regime in (list(study.regimes) if study.regimes else [None])]
     for row_name, name in labels:
         mine = trials[trials["row"] == name] if len(trials) else trials
         done = mine[mine["status"] == "FINISHED"] if len(mine) else mine

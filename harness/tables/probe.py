@@ -60,7 +60,7 @@ def cell_frame(study: Study, profile: str, tracker: Tracker, runs: StudyRuns) ->
 
 def _labels(study: Study) -> list[tuple[str, str]]:
     """(row, regime) in the study's order: rows outer, regimes inner."""
-    return [(row, regime) for row in study.rows for regime in (study.regimes or {"": None})]
+    return [(row, regime) for row in study.rows for regime in (list(study.regimes) if study.regimes else [""])]
 
 
 def _mean_std(values: pd.Series) -> tuple[float | None, float | None]:

@@ -284,7 +284,7 @@ def plot_importance(study: Study, ot: Any, imp: dict[str, float], path: Path, ti
             warnings.simplefilter("ignore")
             ax = optuna.visualization.matplotlib.plot_param_importances(
                 ot, evaluator=_evaluator(study), target_name=search_of(study).metric)
-        fig = ax.figure
+        fig = plt.gcf()  # the figure Optuna drew into
         fig.set_size_inches(8, 5)
         ax.set_title(title, fontsize=8)
     else:

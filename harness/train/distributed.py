@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -22,6 +22,16 @@ def process_group() -> tuple[int, int]:
     return 0, 1
 
 
+class EpochOrder(Protocol):
+    """A sampler whose order depends on the epoch (``harness.data.dataset.SeededSampler``)."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
 class RankShard(torch.utils.data.Sampler[Any]):
     """Rank ``rank``'s share of a sampler's order: every ``world``-th item, the same count on every rank.
 
@@ -31,7 +41,7 @@ class RankShard(torch.utils.data.Sampler[Any]):
     ones, changes with the epoch.
     """
 
-    def __init__(self, base: torch.utils.data.Sampler, rank: int, world: int):
+    def __init__(self, base: EpochOrder, rank: int, world: int):
         self.base, self.rank, self.world = base, rank, world
 
     def set_epoch(self, epoch: int) -> None:

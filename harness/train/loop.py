@@ -118,7 +118,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path, *, report: Report | None = None, 
         pretrained = saved.get("pretrained")
         log.info("resuming %s after epoch %d of %d", last, start, cfg.recipe.epochs)
     elif cfg.backbone.pretrained:
-        pretrained = load_pretrained(s.model, cfg.backbone.pretrained)
+        pretrained = load_pretrained(s.model, cfg.backbone.weights(cfg.backbone.arch) or "")
     try:
         for epoch in range(start, cfg.recipe.epochs):
             metrics, predictions = _epoch(s, epoch, progress)
@@ -170,9 +170,9 @@ def _train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
 
     r = s.cfg.recipe
     s.model.train()
-    sampler = getattr(s.train_loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):  # order and augmentation seeds depend on the epoch, so a resume replays them
-        sampler.set_epoch(epoch)
+    set_epoch = getattr(s.train_loader.sampler, "set_epoch", None)
+    if set_epoch is not None:  # order and augmentation seeds depend on the epoch, so a resume replays them
+        set_epoch(epoch)
     sums: dict[str, float] = {}
     seen = correct = 0
     start = time.perf_counter()
@@ -182,7 +182,7 @@ def _train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
         clips, labels = on_device(clips, s.device), labels.to(s.device, non_blocking=True)  # uint8, normalised there
         with autocast(s.device, s.amp_dtype):
             logits = s.model(clips) if s.ddp is None else s.ddp(clips)  # DDP all-reduces in backward
-        aux = s.model.aux_losses() if hasattr(s.model, "aux_losses") else {}
+        aux = aux_losses(s.model)
         loss, parts = compute_loss(logits, labels, aux, alpha=r.alpha, beta=r.beta)
         if not (torch.isfinite(loss) if s.ddp is None else all_ranks_finite(loss)):
             raise NonFinite(f"non-finite loss at epoch {epoch + 1} step {step + 1}: "
@@ -230,11 +230,11 @@ def view_logits(model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
     A 5D ``(N, T, 3, H, W)`` batch is one view.
     """
     if clips.dim() == 5:
-        return model(clips)  # type: ignore[no-any-return]
+        return model(clips)
     if clips.dim() != 6:
         raise ValueError(f"expected clips of shape (N, V, T, 3, H, W) or (N, T, 3, H, W), got {tuple(clips.shape)}")
     n, v = clips.shape[:2]
-    return model(clips.flatten(0, 1)).view(n, v, -1).mean(1)  # type: ignore[no-any-return]
+    return model(clips.flatten(0, 1)).view(n, v, -1).mean(1)
 
 
 @torch.no_grad()
@@ -303,6 +303,12 @@ def _save(s: Setup, epoch: int, history: list[dict[str, Any]], best_top1: float,
 
 def write_json(obj: Any, path: Path) -> None:
     write_atomic(json.dumps(obj, indent=1, allow_nan=True), path)
+
+
+def aux_losses(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The block's own loss terms of the last forward (L_interaction, L_capacity); none for most blocks."""
+    fn = getattr(model, "aux_losses", None)
+    return {} if fn is None else dict(fn())
 
 
 def _finite_weights(model: nn.Module) -> bool:

@@ -122,7 +122,7 @@ def build(cfg: TrainConfig) -> Setup:
 
 def check_pretrained(cfg: TrainConfig) -> None:
     """Fail before any data is generated or read when the ImageNet file is not there."""
-    path = cfg.backbone.pretrained
+    path = cfg.backbone.weights(cfg.backbone.arch)
     if path and not Path(path).is_file():
         raise FileNotFoundError(f"backbone.pretrained: no file at {path}; give the path of a "
                                 "torchvision ResNet state_dict (e.g. resnet50-11ad3fa6.pth)")

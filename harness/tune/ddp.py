@@ -89,7 +89,7 @@ def drive_workers(spec: TrialSpec, dp: Mapping[str, Any]) -> None:
         run_config=RunConfig(name=dirname(label(spec), tune.get_context().get_trial_id()), storage_path=dp["storage"],
                              failure_config=FailureConfig(max_failures=dp["max_failures"]),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),  # as a one-process trial's
-                             callbacks=[TuneReportCallback()]),  # rank 0's reports become this trial's results
+                             callbacks=[TuneReportCallback()]),  # type: ignore[list-item]  # Train v2's own type  # rank 0's reports become this trial's results
     )
     trainer.fit()  # raises when the run failed for good: the Tune trial errors, MlflowCallback marks it FAILED
 
@@ -177,5 +177,7 @@ def ddp_smoke(train_config: Mapping[str, Any], *, num_classes: int, workers: int
     result = trainer.fit()
     if result.metrics:
         return dict(result.metrics)
+    if result.checkpoint is None:
+        raise RuntimeError(f"the DDP check reported no metrics and no checkpoint: {result.error}")
     with result.checkpoint.as_directory() as d:
         return json.loads((Path(d) / "metrics.json").read_text())

@@ -45,5 +45,6 @@ def run_trials(specs: Sequence[TrialSpec], *, experiment: str, resources: Resour
                                         reuse_actors=True),
             run_config=run_config(experiment, callback, max_failures=max_failures, keep=keep),
         )
-    return {spec_of(result.config).key if result.config else "?": "ERROR" if result.error else "TERMINATED"
-            for result in tuner.fit()}
+    grid = tuner.fit()
+    return {spec_of(r.config).key if r.config else "?": "ERROR" if r.error else "TERMINATED"
+            for r in (grid[i] for i in range(len(grid)))}

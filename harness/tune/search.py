@@ -94,6 +94,7 @@ def optuna_searcher(space: Mapping[str, Any], *, metric: str, multi_objective: b
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    sampler: optuna.samplers.BaseSampler
     if multi_objective:
         sampler = optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
         return OptunaSearch(dict(space), metric=[metric, "gflops"], mode=["max", "min"], sampler=sampler)
@@ -158,5 +159,6 @@ def run_search(space: Mapping[str, Any], make_spec: MakeSpec, *, search: Search,
                                         reuse_actors=False),
             run_config=run_config(experiment, callback, max_failures=max_failures, keep=keep),
         )
-    return {spec_of(result.config).key if result.config and TRIAL in result.config else "?":
-            "ERROR" if result.error else "TERMINATED" for result in tuner.fit()}
+    grid = tuner.fit()
+    return {spec_of(r.config).key if r.config and TRIAL in r.config else "?": "ERROR" if r.error else "TERMINATED"
+            for r in (grid[i] for i in range(len(grid)))}

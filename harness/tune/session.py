@@ -70,7 +70,7 @@ def on_every_node(fn: Callable[[], Any], timeout: float) -> dict[str, Any]:
 
     task = ray.remote(num_cpus=0)(fn)
     refs = {f"{n['address']}/{str(n['id'])[:8]}":
-            task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["id"], soft=False)).remote()
+            task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(str(n["id"]), soft=False)).remote()
             for n in nodes()}
     try:
         return dict(zip(refs, ray.get(list(refs.values()), timeout=timeout)))
