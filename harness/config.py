@@ -553,6 +553,21 @@ class Study(Strict):
     figure: Literal["accuracy_vs_gflops", "fusion_matrices"] = "accuracy_vs_gflops"
     # kind: search only: the space Optuna samples around the one row, objective, budgets (harness.study.search).
     search: Search | None = None
+    # The orderings the tables judge (harness.stats, docs/statistics.md): every row against ``baseline``
+    # (default: the first row) and each adjacent pair by mean; or exactly the pairs [A, B] of ``comparisons``.
+    baseline: str | None = None
+    comparisons: list[tuple[str, str]] | None = None
+
+    @model_validator(mode="after")
+    def _compared_rows_exist(self) -> "Study":
+        named = [self.baseline] if self.baseline is not None else []
+        named += [row for pair in self.comparisons or [] for row in pair]
+        unknown = [row for row in named if row not in self.rows]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], list(self.rows), n=1)
+            raise ValueError(f"baseline/comparisons name row {unknown[0]!r}, which the study does not have"
+                             + (f"; did you mean {close[0]!r}?" if close else f"; rows: {', '.join(self.rows)}"))
+        return self
 
     @model_validator(mode="before")
     @classmethod

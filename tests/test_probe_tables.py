@@ -139,8 +139,12 @@ def test_probe_tables_and_heatmap_are_written_from_the_runs(store, tmp_path):
     assert sorted(paths) == ["csv", "md", "png"]
     md = paths["md"].read_text(encoding="utf-8")
     lines = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| Ours")]
-    assert lines[0] == ["Ours", "in-distribution", "42.0 ± 2.8", "25.0 ± 7.1", "60.0 ± 0.0", "small/slow", "2/3"]
-    assert lines[1][:5] == ["Ours", "scale-shift", "35.0", "10.0", "40.0"]  # one seed: no ± std
+    row, regime, top1, worst, spread, cell, seeds = lines[0]
+    assert (row, regime, cell, seeds) == ("Ours", "in-distribution", "small/slow", "2/3")
+    # mean [95% interval]: 2 seeds borrow the variance pooled over the probe's rows (†)
+    for text, mean in ((top1, "42.0"), (worst, "25.0"), (spread, "60.0")):
+        assert text.startswith(f"{mean} [") and text.endswith("]†"), text
+    assert lines[1][2].startswith("35.0 [")  # one seed: the pooled variance still gives an interval
     assert "cut at [0.2, 0.25]" in md and "Wall time of the probe" in md and "612 s" in md
     csv = pd.read_csv(paths["csv"])
     assert {"row", "regime", "top1_mean", "worst_mean", "worst_std", "spread_mean", "spread_std"} <= set(csv.columns)
@@ -183,15 +187,16 @@ def test_scale_probe_study_dry_runs_rows_x_regimes_x_seeds(monkeypatch, capsys):
     assert "nothing written" in out
 
 
-def test_versus_line_compares_ours_with_the_single_rf_rows_using_both_stds():
-    frame = pd.DataFrame([
-        {"row": "Ours", "regime": "in-distribution", "worst_mean": 50.0, "worst_std": 3.0},
-        {"row": "RF-S", "regime": "in-distribution", "worst_mean": 40.0, "worst_std": 4.0},
-        {"row": "RF-L", "regime": "in-distribution", "worst_mean": 48.0, "worst_std": 4.0},
-        {"row": "Ours", "regime": "scale-shift", "worst_mean": 20.0, "worst_std": 3.0},
-        {"row": "RF-S", "regime": "scale-shift", "worst_mean": 30.0, "worst_std": 4.0},
-        {"row": "RF-L", "regime": "scale-shift", "worst_mean": 25.0, "worst_std": None}])
-    ind, shift = tables.versus(frame)
-    assert "(in-distribution), Ours minus: +10.0 ± 5.0 vs RF-S (higher); +2.0 ± 5.0 vs RF-L (within" in ind
-    assert "-10.0 ± 5.0 vs RF-S (lower); -5.0 vs RF-L (one seed: no std)" in shift
-    assert tables.versus(frame[frame["row"] != "Ours"]) == []  # nothing to compare: no line
+def test_versus_line_judges_ours_against_the_single_rf_rows_paired_by_seed():
+    from scipy import stats as scipy_stats
+
+    ours, rf_s, rf_l = [50.0, 52.0, 51.0, 53.0], [40.0, 41.0, 39.0, 42.0], [50.0, 49.0, 53.0, 50.0]
+    worst = {"Ours@in-distribution": dict(enumerate(ours)), "RF-S@in-distribution": dict(enumerate(rf_s)),
+             "RF-L@in-distribution": dict(enumerate(rf_l)),
+             "Ours@scale-shift": {0: 20.0}, "RF-S@scale-shift": {0: 30.0}}
+    ind, shift = tables.versus(worst, ["in-distribution", "scale-shift"])
+    low, high = scipy_stats.ttest_rel(ours, rf_s).confidence_interval(0.95)  # 4 pairs: their own variance
+    assert f"Ours minus: +11.0 [{low:+.1f}, {high:+.1f}] vs RF-S (higher)" in ind
+    assert "vs RF-L (unresolved)" in ind  # +1.0 on noisy pairs
+    assert "-10.0 vs RF-S (no variance to judge it: one seed)" in shift
+    assert tables.versus({k: v for k, v in worst.items() if not k.startswith("Ours")}, ["in-distribution"]) == []

@@ -87,6 +87,17 @@ def num(v: Any, fmt: str = "{:.2f}") -> str:
     return "-" if v is None or pd.isna(v) else fmt.format(v)
 
 
+def interval_cell(r: Mapping[str, Any], prefix: str) -> str:
+    """``62.8 [55.1, 70.5]†`` from a table line's ``<prefix>_mean``, ``_low``, ``_high``, ``_pooled``; the mean
+    alone without an interval; ``-`` without a value."""
+    mean, low, high = value(r.get(f"{prefix}_mean")), value(r.get(f"{prefix}_low")), value(r.get(f"{prefix}_high"))
+    if mean is None:
+        return "-"
+    if low is None or high is None:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} [{low:.1f}, {high:.1f}]" + ("†" if value(r.get(f"{prefix}_pooled")) else "")
+
+
 def value(v: Any) -> Any:
     return None if v is None or (not isinstance(v, str) and pd.isna(v)) else v
 
@@ -183,9 +194,11 @@ def header_line(h: Mapping[str, str]) -> str:
 
 
 def heading(study: Study, runs: StudyRuns, h: Mapping[str, str]) -> str:
-    """The markdown title and header line, with the line that says the table is incomplete when it is."""
+    """The markdown title and header line, with how many orderings the runs resolve, and the line that says the
+    table is incomplete when it is."""
     missing = completeness(runs)
-    return f"# {study.name}\n\n{header_line(h)}\n\n" + (f"{missing}\n\n" if missing else "")
+    judged = f"**{h['orderings']}**\n\n" if h.get("orderings") else ""
+    return f"# {study.name}\n\n{header_line(h)}\n\n{judged}" + (f"{missing}\n\n" if missing else "")
 
 
 def row_summary(frame: pd.DataFrame, gflops: str | None = None) -> dict[str, float]:

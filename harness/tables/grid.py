@@ -26,6 +26,7 @@ delta.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +34,19 @@ import pandas as pd
 
 import blocks
 from harness import names, paper, plots
+from harness.predictions import Predictions
+from harness.tables import statistics
 from harness.config import Study, row_data
-from harness.tables.common import (TRACED, Report, heading, header, header_line, num, pm, references, row_summary,
-                                   trial_frame, value, write_set)
+from harness.tables.common import (TRACED, Report, heading, header, header_line, interval_cell, num, references,
+                                   row_summary, trial_frame, value, write_set)
 from harness.tracking import StudyRuns, Tracker
 
 log = logging.getLogger(__name__)
 
 
-def build(study: Study, runs: StudyRuns) -> pd.DataFrame:
-    """The per-row table from :meth:`harness.tracking.Tracker.read_study` output."""
+def build(study: Study, runs: StudyRuns, clips: Mapping[str, Predictions] | None = None) -> pd.DataFrame:
+    """The per-row table from :meth:`harness.tracking.Tracker.read_study` output; with the trials' per-clip
+    predictions (``clips``, by trial key) also each row's noise split and, on synthetic data, order accuracy."""
     trials = trial_frame(runs)
     figures = paper.figures(study)
     refs = {col: references(trials, col) for col in TRACED}
@@ -52,6 +56,12 @@ def build(study: Study, runs: StudyRuns) -> pd.DataFrame:
     out = []
     labels = [(row, row if regime is None else f"{row}@{regime}")
               for row in study.rows for regime in (list(study.regimes) if study.regimes else [None])]
+    shown = [name for _, name in labels]
+    ivs = {col: statistics.intervals(trials, col, shown) for col in ("top1", "top5", "best_top1")}
+    order = statistics.order_accuracies(study, runs.parent.tags.get(names.PROFILE, ""), trials, clips or {})
+    if order is not None:
+        ivs["order_acc"] = statistics.intervals(order, "order_acc", shown)
+    splits = statistics.noise_splits(shown, trials, clips) if clips else {}
     for row_name, name in labels:
         mine = trials[trials["row"] == name] if len(trials) else trials
         done = mine[mine["status"] == "FINISHED"] if len(mine) else mine
@@ -68,6 +78,13 @@ def build(study: Study, runs: StudyRuns) -> pd.DataFrame:
         r["trials"] = int(len(mine))  # child runs: a trial that never started has none
         r["best_epoch_mean"] = pd.to_numeric(done["best_epoch"], errors="coerce").mean() if len(done) else None
         r["trained_params"] = int(first["trained_params"]) if pd.notna(first.get("trained_params")) else None
+        for col, found in ivs.items():
+            r.update(statistics.interval_columns(col, found.get(name)))
+        if "order_acc" in ivs:
+            r["order_acc_mean"] = ivs["order_acc"][name].mean if name in ivs["order_acc"] else None
+        split = splits.get(name)
+        r.update({"seed_sd": split.seed_sd if split else None, "clip_sd": split.clip_sd if split else None,
+                  "more_of": split.more if split else None})
         r.update(paper_setting(study, row_name, r))
         r.update(fusion_figures(first, done))
         r.update(named_options(study, row_name, figures.columns))
@@ -182,6 +199,7 @@ def display(frame: pd.DataFrame) -> pd.DataFrame:
     protocols = frame["protocol"].dropna().unique() if "protocol" in frame else []
     flagged = "protocol_differs" in frame and frame["protocol_differs"].fillna(False).astype(bool).any()
     by_design = len(protocols) > 1 and not flagged  # else flag_columns shows the odd rows' protocol with ⚠
+    order = "order_acc_mean" in frame and frame["order_acc_mean"].notna().any()
     rows = []
     for _, r in frame.iterrows():
         ran = pd.notna(r.get("trials")) and r["trials"] > 0
@@ -206,9 +224,11 @@ def display(frame: pd.DataFrame) -> pd.DataFrame:
             d["ir-interactions (trained)"] = _cell(r["ir_interactions_trained"])
         if by_design:  # rows tested under different protocols on purpose (row data keys, Tables 4-6)
             d["protocol (run)"] = r["protocol"] if value(r["protocol"]) else "-"
-        d["top-1 last"] = pm(r["top1_mean"], r["top1_std"]) if ran else "not run"
-        d["top-1 best epoch"] = pm(r["best_top1_mean"], r["best_top1_std"])
-        d["top-5 last"] = pm(r["top5_mean"], r["top5_std"])
+        d["top-1 last"] = interval_cell(r, "top1") if ran else "not run"
+        d["top-1 best epoch"] = interval_cell(r, "best_top1")
+        d["top-5 last"] = interval_cell(r, "top5")
+        if order:
+            d["order acc. in pairs"] = interval_cell(r, "order_acc")
         d["paper top-1"] = num(r.get("paper_top1"))
         if "paper_top5" in r:
             d["paper top-5"] = num(r["paper_top5"])
@@ -253,18 +273,25 @@ def notes(study: Study, frame: pd.DataFrame, h: dict[str, str]) -> list[str]:
 
 NOTE = ("params and GFLOPs: the row on the paper backbone (fvcore, one multiply-add = one FLOP, per clip of "
         "the paper profile's frames for the row, or the paper's 8 frames where the study has no paper profile). "
-        "top-1/top-5: validation accuracy (%) at the last epoch, mean ± std over seeds; 'best epoch' picks the "
-        "best epoch on that same validation set. Δ top-1 = our top-1 at the paper's epoch (below) − paper. "
-        "Under the laptop profile "
+        "top-1/top-5: validation accuracy (%) at the last epoch, mean [95% interval] over seeds (seeds: finished "
+        "of run); 'best epoch' picks the best epoch on that same validation set. Δ top-1 = our top-1 at the "
+        "paper's epoch (below) − paper. Under the laptop profile "
         "(synthetic reversal-paired data, tiny ResNet) only the ordering of rows compares with the paper.")
+ORDER_NOTE = ("order acc. in pairs: of the validation clips, the share whose class scores above its reversed twin "
+              "(the same motion played backwards; ties count half): 50% for a model blind to frame order.")
 
 
-def render(study: Study, profile: str, runs: StudyRuns) -> tuple[pd.DataFrame, dict[str, str], dict[str, str]]:
+def render(study: Study, profile: str, runs: StudyRuns, clips: Mapping[str, Predictions] | None = None,
+           ) -> tuple[pd.DataFrame, dict[str, str], dict[str, str]]:
     """(CSV frame, header, {"md": text, "csv": text, "tex": text})."""
-    frame = build(study, runs)
+    frame = build(study, runs, clips)
     h = header(study, profile, runs, frame)
+    trials = trial_frame(runs)
+    judged = statistics.orderings(study, statistics.scores(trials, "top1", list(frame["row"])))
+    h["orderings"] = statistics.summary_line(judged)
     shown = flag_columns(display(frame), frame)
-    below = "\n\n".join([NOTE, *notes(study, frame, h)])
+    below = "\n\n".join([NOTE, *([ORDER_NOTE] if "order acc. in pairs" in shown else []), statistics.POOLED_NOTE,
+                          *notes(study, frame, h), *statistics.sections(judged, frame)])
     md = f"{heading(study, runs, h)}{shown.to_markdown(index=False)}\n\n{below}\n"
     csv_frame = frame.assign(profile=h["profile"], git_commit=h["commit"], date=h["date"],
                              paper_epoch=study.paper_epoch)
@@ -307,7 +334,7 @@ def write(study: Study, profile: str, tracker: Tracker, parent_id: str | None = 
           out_dir: str | Path = "results") -> Report:
     """Read the study's runs from MLflow and write ``<out_dir>/<study>.{md,csv,tex,png}`` (all or none)."""
     runs = tracker.read_study(study.name, profile, parent_id)
-    frame, h, texts = render(study, profile, runs)
+    frame, h, texts = render(study, profile, runs, statistics.predictions(tracker, runs))
     title = header_line(h)
     paths = write_set(study, runs, Path(out_dir), texts,
                       {".png": lambda path: figure(study, tracker, runs, frame, path, title=title)})

@@ -16,12 +16,13 @@ from typing import Any
 
 import pandas as pd
 
-from harness import names, plots
+from harness import names, plots, stats
 from harness.config import Study
 from harness.data.synth import CLASSES
 from harness.predictions import Predictions
 from harness.probe import SIZE_NAMES, SPEED_NAMES, clip_buckets, stratified_top1
-from harness.tables.common import Report, header, header_line, heading, pm, row_summary, write_set
+from harness.tables import statistics
+from harness.tables.common import Report, header, header_line, heading, interval_cell, row_summary, write_set
 from harness.tracking import StudyRuns, Tracker, TrialRun
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,10 @@ def probe_frame(study: Study, runs: StudyRuns, cells: pd.DataFrame) -> pd.DataFr
     (the mean of the worst cells, not the worst of the mean cells). Only
     FINISHED trials count; ``trials`` says how many were planned or ran.
     """
-    per_seed = cells.groupby(["row", "regime", "seed"])["top1"].agg(worst="min", best="max", cells="size")
-    per_seed = per_seed.assign(spread=per_seed["best"] - per_seed["worst"]).reset_index()
+    per_seed = per_seed_values(cells)
     means = cell_means(study, cells)
+    values = seed_values(study, runs, per_seed)
+    ivs = {metric: stats.row_intervals(table) if any(table.values()) else {} for metric, table in values.items()}
     out = []
     for row, regime in _labels(study):
         mine = [t for t in runs.trials if t.trial.row == row and (t.trial.regime or "") == regime]
@@ -95,58 +97,106 @@ def probe_frame(study: Study, runs: StudyRuns, cells: pd.DataFrame) -> pd.DataFr
                             dtype=float)
         seeds = per_seed[(per_seed["row"] == row) & (per_seed["regime"] == regime)]
         r: dict[str, Any] = {"row": row, "regime": regime or None, "block": study.rows[row].block}
-        for name, values in (("top1", overall), ("worst", seeds["worst"]), ("spread", seeds["spread"])):
-            r[f"{name}_mean"], r[f"{name}_std"] = _mean_std(values)
+        for name, series in (("top1", overall), ("worst", seeds["worst"]), ("spread", seeds["spread"])):
+            r[f"{name}_mean"], r[f"{name}_std"] = _mean_std(series)
         cell = means[(means["row"] == row) & (means["regime"] == regime)]
         worst = cell.loc[cell["top1"].idxmin()] if len(cell) else None
         r["worst_cell"] = f"{worst['size']}/{worst['speed']}" if worst is not None else None
         r["cells"] = int(seeds["cells"].min()) if len(seeds) else 0
         r["min_cell_clips"] = int(cell["count"].min()) if len(cell) and cell["count"].notna().any() else None
         r["seeds"], r["trials"] = len(done), len(mine)
+        for name, found in ivs.items():
+            r.update(statistics.interval_columns(name, found.get(label(row, regime))))
         out.append(r)
     return pd.DataFrame(out)
+
+
+def per_seed_values(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per row, regime and seed: the worst and best cell, their spread, and how many cells there were."""
+    per_seed = cells.groupby(["row", "regime", "seed"])["top1"].agg(worst="min", best="max", cells="size")
+    return per_seed.assign(spread=per_seed["best"] - per_seed["worst"]).reset_index()
+
+
+def regimes_of(study: Study) -> list[str]:
+    return list(study.regimes) if study.regimes else [""]
+
+
+def label(row: str, regime: str) -> str:
+    return f"{row}@{regime}" if regime else row
+
+
+def seed_values(study: Study, runs: StudyRuns, per_seed: pd.DataFrame) -> dict[str, dict[str, dict[int, float]]]:
+    """Per measure (top1, worst, spread), per row@regime, per finished seed: the value the table averages."""
+    out: dict[str, dict[str, dict[int, float]]] = {m: {label(r, g): {} for r, g in _labels(study)}
+                                                   for m in ("top1", "worst", "spread")}
+    for t in runs.trials:
+        key = label(t.trial.row, t.trial.regime or "")
+        top1 = t.metrics.get(names.LAST_TOP1, t.metrics.get(names.VAL_TOP1))
+        if t.finished and key in out["top1"] and top1 is not None:
+            out["top1"][key][t.trial.seed] = float(top1)
+    for _, s in per_seed.iterrows():
+        key = label(str(s["row"]), str(s["regime"]))
+        if key in out["worst"]:
+            out["worst"][key][int(s["seed"])] = float(s["worst"])
+            out["spread"][key][int(s["seed"])] = float(s["spread"])
+    return out
+
+
+def regime_orderings(study: Study, runs: StudyRuns) -> dict[str, stats.StudyStatistics]:
+    """Per regime, the study's orderings of the rows' top-1 (a regime is its own train/test condition)."""
+    out = {}
+    for regime in regimes_of(study):
+        table: dict[str, dict[int, float]] = {row: {} for row in study.rows}
+        for t in runs.trials:
+            top1 = t.metrics.get(names.LAST_TOP1, t.metrics.get(names.VAL_TOP1))
+            if t.finished and (t.trial.regime or "") == regime and t.trial.row in table and top1 is not None:
+                table[t.trial.row][t.trial.seed] = float(top1)
+        judged = statistics.orderings(study, table)
+        if judged is not None:
+            out[regime] = judged
+    return out
 
 
 def probe_display(frame: pd.DataFrame) -> pd.DataFrame:
     """The human probe table: one line per block and regime."""
     return pd.DataFrame([{
         "row": r["row"], "regime": r["regime"] or "-",
-        "top-1": pm(r["top1_mean"], r["top1_std"]),
-        "worst-cell top-1": pm(r["worst_mean"], r["worst_std"]),
-        "spread (best − worst cell)": pm(r["spread_mean"], r["spread_std"]),
+        "top-1": interval_cell(r, "top1"),
+        "worst-cell top-1": interval_cell(r, "worst"),
+        "spread (best − worst cell)": interval_cell(r, "spread"),
         "lowest mean cell (size/speed)": r["worst_cell"] or "-",
         "seeds": f"{r['seeds']}/{r['trials']}"} for _, r in frame.iterrows()])
 
 
 PROBE_NOTE = ("top-1: val accuracy (%) at the last epoch over all val clips. Worst-cell top-1: the lowest of the "
               "size x speed cells' top-1 within each seed; spread: that seed's best cell minus its worst. Each is "
-              "mean ± std over seeds (std needs two). 'lowest mean cell': the cell with the lowest top-1 averaged "
+              "mean [95% interval] over seeds. 'lowest mean cell': the cell with the lowest top-1 averaged "
               "over seeds. Cells do not hold the same mix of motion families (see the study file): compare a cell "
               "across blocks, not the cells of one block with each other.")
 
 
-def versus(frame: pd.DataFrame, ours: str = "Ours", others: tuple[str, ...] = ("RF-S", "RF-L")) -> list[str]:
-    """Per regime, ``ours`` minus each single-receptive-field row on worst-cell top-1, with the spread of that
-    difference (root sum of squares of the two stds): the issue's question, answered from the numbers alone."""
+def versus(worst: dict[str, dict[int, float]], regimes: list[str], ours: str = "Ours",
+           others: tuple[str, ...] = ("RF-S", "RF-L")) -> list[str]:
+    """Per regime, ``ours`` minus each single-receptive-field row on worst-cell top-1 (``worst``: row@regime ->
+    seed -> value), with its 95% interval and verdict (:func:`harness.stats.compare`, paired by seed, Holm over
+    these comparisons): the issue's question, answered with what the seeds support."""
     lines = []
-    for regime, group in frame.groupby(frame["regime"].fillna(""), sort=False):
-        rows = group.set_index("row")
-        if ours not in rows.index or pd.isna(rows.loc[ours, "worst_mean"]):
+    for regime in regimes:
+        table = {key: v for key, v in worst.items() if v and key.endswith(f"@{regime}" if regime else "")}
+        mine = label(ours, regime)
+        pairs = [(mine, label(o, regime)) for o in others if label(o, regime) in table]
+        if mine not in table or not pairs:
             continue
         parts = []
-        for other in (o for o in others if o in rows.index and pd.notna(rows.loc[o, "worst_mean"])):
-            mine, theirs = rows.loc[ours], rows.loc[other]
-            diff = mine["worst_mean"] - theirs["worst_mean"]
-            stds = [v for v in (mine["worst_std"], theirs["worst_std"]) if v is not None and pd.notna(v)]
-            if len(stds) < 2:
-                parts.append(f"{diff:+.1f} vs {other} (one seed: no std)")
+        for c in stats.compare(table, pairs):
+            other = c.b.split("@")[0]
+            if c.low is None or c.high is None:
+                parts.append(f"{c.diff:+.1f} vs {other} (no variance to judge it: one seed)")
                 continue
-            spread = (stds[0] ** 2 + stds[1] ** 2) ** 0.5
-            verdict = "higher" if diff > spread else "lower" if diff < -spread else "within the seeds' spread"
-            parts.append(f"{diff:+.1f} ± {spread:.1f} vs {other} ({verdict})")
-        if parts:
-            lines.append(f"Worst-cell top-1{f' ({regime})' if regime else ''}, {ours} minus: " + "; ".join(parts)
-                         + ". ± is the root sum of squares of the two rows' stds over seeds.")
+            verdict = ("higher" if c.diff > 0 else "lower") if c.resolved else "unresolved"
+            parts.append(f"{c.diff:+.1f} [{c.low:+.1f}, {c.high:+.1f}] vs {other} ({verdict})")
+        lines.append(f"Worst-cell top-1{f' ({regime})' if regime else ''}, {ours} minus: " + "; ".join(parts)
+                     + ". [95% interval of the difference], Holm over these comparisons.")
     return lines
 
 
@@ -181,7 +231,15 @@ def render(study: Study, profile: str, runs: StudyRuns,
     """A probe study's (CSV frame, header, {"md": text, "csv": text}); the PNG is :func:`harness.plots.scale_heatmaps`."""
     frame = probe_frame(study, runs, cells)
     h = header(study, profile, runs, frame)
-    below = "\n\n".join([PROBE_NOTE, *versus(frame), *probe_notes(study, profile, runs, cells)])
+    judged = regime_orderings(study, runs)
+    h["orderings"] = "; ".join(f"{regime or 'all'}: {st.summary}" for regime, st in judged.items())
+    verdicts = [part.replace("## Which orderings hold", f"## Which orderings hold ({regime})" if regime else
+                             "## Which orderings hold")
+                for regime, st in judged.items() for part in statistics.sections(st, frame.iloc[0:0])]
+    worst = seed_values(study, runs, per_seed_values(cells))["worst"]
+    below = "\n\n".join([PROBE_NOTE, statistics.POOLED_NOTE, *versus(worst, [g or "" for g in regimes_of(study)]),
+                          *verdicts,
+                          *probe_notes(study, profile, runs, cells)])
     md = f"{heading(study, runs, h)}{probe_display(frame).to_markdown(index=False)}\n\n{below}\n"
     csv = frame.assign(profile=h["profile"], git_commit=h["commit"], date=h["date"]).to_csv(
         index=False, float_format="%.4f")

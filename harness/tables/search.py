@@ -14,15 +14,19 @@ import io
 import json
 import logging
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from scipy.stats import binomtest  # type: ignore[import-untyped]  # scipy ships no type information
 
 from harness import names
 from harness.config import Recipe, Search, Study
 from harness.files import write_atomic
+from harness.predictions import Predictions
 from harness.space import base_row, distributions, flops_input, fmt
+from harness.tables import statistics
 from harness.tables.common import Report, completeness, when, write_set
 from harness.tracking import StudyRuns, Tracker
 
@@ -45,8 +49,9 @@ def search_of(study: Study) -> Search:
     return study.search
 
 
-def trial_frame(study: Study, runs: StudyRuns) -> pd.DataFrame:
-    """One line per child run: its sample (raw and decoded), GFLOPs, state and accuracy."""
+def trial_frame(study: Study, runs: StudyRuns, clips: Mapping[str, Predictions] | None = None) -> pd.DataFrame:
+    """One line per child run: its sample (raw and decoded), GFLOPs, state and accuracy; with the trials' per-clip
+    predictions (``clips``, by key) the 95% interval of the last top-1 over the validation clips."""
     search = search_of(study)
     _, size = flops_input(study)
     lines = []
@@ -66,13 +71,24 @@ def trial_frame(study: Study, runs: StudyRuns) -> pd.DataFrame:
             "best_top1": max(history.values()) if trained and history else None,
             "objective": m.get(search.metric) if trained else None,
             "pruned": pruned, "stopped_early": names.STOPPED_EARLY in tags, "lost": names.LOST in tags,
-            "trained": trained, "raw": raw})
+            "trained": trained, "raw": raw,
+            **clip_interval(clips.get(t.key) if clips and trained else None)})
     frame = pd.DataFrame(lines)
     if len(frame):
         frame["complete"] = frame["trained"] & (frame["epochs"] >= frame["max_epochs"])
         frame["pareto"] = pareto_mask(frame)
         frame = frame.sort_values("trial").reset_index(drop=True)
     return frame
+
+
+def clip_interval(clips: Predictions | None) -> dict[str, float | None]:
+    """``top1_low``/``top1_high``: the 95% (Wilson) interval of a trial's top-1 over its validation clips. A
+    search trains each configuration once, so this is the only spread it can show: the seed's is not in it."""
+    if clips is None or not len(clips):
+        return {"top1_low": None, "top1_high": None}
+    correct = clips.correct(1)
+    ci = binomtest(int(correct.sum()), len(correct)).proportion_ci(confidence_level=0.95, method="wilson")
+    return {"top1_low": 100 * ci.low, "top1_high": 100 * ci.high}
 
 
 def pareto_mask(frame: pd.DataFrame) -> pd.Series:
@@ -140,7 +156,8 @@ def display(study: Study, frame: pd.DataFrame) -> pd.DataFrame:
         d.update({k: fmt(r[k]) if r[k] is not None else "-" for k in search_of(study).space})
         d[f"GFLOPs@{size}"] = "-" if pd.isna(r["gflops"]) else f"{r['gflops']:.2f}"
         d["epochs"] = f"{r['epochs']}/{r['max_epochs']}"
-        d["top-1 last"] = "-" if pd.isna(r["top1"]) else f"{r['top1']:.1f}"
+        d["top-1 last"] = "-" if pd.isna(r["top1"]) else f"{r['top1']:.1f}" + (
+            f" [{r['top1_low']:.1f}, {r['top1_high']:.1f}]" if pd.notna(r.get("top1_low")) else "")
         d["top-1 best epoch"] = "-" if pd.isna(r["best_top1"]) else f"{r['best_top1']:.1f}"
         d["Pareto"] = "✓" if r["pareto"] else ""
         d["note"] = ("over FLOPs budget, not trained" if r["pruned"] else
@@ -191,7 +208,9 @@ def render(study: Study, profile: str, runs: StudyRuns, frame: pd.DataFrame,
         lines += ["Parameter importance for " + search.metric + " (Optuna, fANOVA over the trained trials): "
                   + ", ".join(f"{k} {v:.2f}" for k, v in imp.items()) + ".", ""]
     lines += [f"Figures: `{study.name}_pareto.png`, `{study.name}_importance.png`; every trial: `{study.name}.csv`. "
-              "A trial's top-1 is its last epoch's; trials ASHA stopped show theirs at that epoch and stay off "
+              "A trial's top-1 is its last epoch's, [the 95% interval over its validation clips]: one seed per "
+              "configuration, so the seed's own spread is not in it; trials ASHA stopped show theirs at that epoch "
+              "and stay off "
               "the front. Under the laptop profile (synthetic data) only the ordering of configurations means "
               "anything, not the values."]
     return "\n".join(lines) + "\n"
@@ -303,7 +322,7 @@ def write(study: Study, profile: str, tracker: Tracker, parent_id: str | None = 
           out_dir: str | Path = "results") -> Report:
     """Read the search's child runs from MLflow and write ``<out_dir>/<study>{.md,.csv,_pareto.png,_importance.png}``."""
     runs = tracker.read_study(study.name, profile, parent_id)
-    frame = trial_frame(study, runs)
+    frame = trial_frame(study, runs, statistics.predictions(tracker, runs))
     ot, imp = importances(study, frame)
     title = f"{study.name} ({profile}), parent run {runs.parent.run_id[:8]}"
     md = render(study, profile, runs, frame, imp)
