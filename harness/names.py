@@ -30,6 +30,7 @@ STUDY_FILE = "harness.study_file"
 WALL_S = "harness.wall_s"  # parent: seconds of the invocations that ran to their end, summed
 RAY_EXPERIMENT = "harness.ray_experiment"  # parent: the Ray Tune experiment folder or URI
 INTERRUPTED = "harness.interrupted"  # parent: "1" while a Ctrl-C paused the study
+WAVES = "harness.waves"  # parent: JSON list of the seeds --until-resolved added, wave by wave, and why
 PROTOCOL = "harness.protocol"  # how top-1 was measured, e.g. 8f-112-1x1 (harness.protocol)
 FINGERPRINT = "harness.data_fingerprint"  # one hash of the train and val data
 FINGERPRINT_TRAIN = "harness.data_fingerprint.train"

@@ -148,3 +148,22 @@ def test_resume_after_driver_sigkill_finishes_every_trial_exactly_once(tmp_path,
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
         kill_marked(marker)
+
+
+@pytest.mark.slow
+def test_until_resolved_runs_waves_within_its_budget_and_the_table_says_why(tmp_path, synth_root):
+    """End to end through Ray: the planned seeds, then waves for unresolved orderings, never past --max-trials;
+    the table reports each row's seeds and why the waves stopped (the loop's logic has its own exact test in
+    tests/test_tables_statistics.py, on planted numbers)."""
+    import json
+
+    write_study(tmp_path, synth_root, epochs=1, seeds=2)
+    r = harness(["run", "tiny.yaml", "--until-resolved", "--max-trials", "6"], tmp_path, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    t, [parent], children = study_runs(tmp_path)
+    history = json.loads(parent.tags["harness.waves"])
+    assert "stop" in history[-1] and 4 <= len(children) <= 6
+    added = sum(n for wave in history[:-1] for n in wave["added"].values())
+    assert len(children) == 4 + added and all(run.status == "FINISHED" for run in children.values())
+    md = (tmp_path / "results" / "tiny.md").read_text()
+    assert "Seeds added by `--until-resolved`:" in md and f"stopped: {history[-1]['stop']}" in md

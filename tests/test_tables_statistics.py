@@ -98,3 +98,59 @@ def test_each_rows_spread_is_split_into_seed_and_clip_parts_from_the_predictions
     split = stats.split_noise({s: clips_for(v, 100 * s + 3).correct(1) for s, v in enumerate(TOP1["TSN"])})
     assert tsn["seed_sd"] == pytest.approx(split.seed_sd) and tsn["clip_sd"] == pytest.approx(split.clip_sd)
     assert "## Where the spread comes from" in texts["md"]
+
+
+# ----------------------------------------------------------------------------- --until-resolved
+
+
+def test_waves_add_seeds_only_to_rows_of_unresolved_orderings_until_they_resolve(tmp_path, monkeypatch):
+    """The engine's --until-resolved loop on a real MLflow store; Ray is replaced by a launcher that 'trains'
+    each new trial by logging a planted top-1: each row's true mean plus a fixed, row-specific wobble by seed."""
+    import json
+
+    from harness.study import engine, grid
+    from harness.study.plan import RunOptions
+
+    truth = {"TSN": 30.0, "TSM": 60.0, "GST": 61.0}
+    wobble = {"TSN": [0.5, -0.5, 0.3, -0.3], "TSM": [0.0, 2.0, -1.0, 0.5], "GST": [1.0, 0.0, 0.5, -1.0]}
+    s = Study.model_validate({
+        "name": "mini", "num_classes": 4,
+        "profiles": {"laptop": {"backbone": {"arch": "tiny", "width": 4}, "seeds": 2,
+                                "data": {"format": "sthv2", "root": "x", "frames": 4, "size": 16}}},
+        "rows": {row: {"block": "tsn" if row == "TSN" else row.lower()} for row in truth}})
+    monkeypatch.setattr(grid, "profile_rows", lambda study, sizes, name: {
+        row: {"params": 1, "gflops": {str(x): 1.0 for x in sizes}} for row in study.rows})
+    plan = grid.plan(s, "laptop", s.profiles["laptop"])
+    t = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    t.prepare()
+    parent = t.start_parent("mini", "laptop", params={}, tags={})
+
+    def train(todo):
+        for spec in (x for x in plan.trials if x.key in todo):
+            [rid] = t.ensure_children(parent, [NewChild.of(spec)]).values()
+            top1 = truth[spec.row] + wobble[spec.row][spec.seed % 4]
+            t.log_epoch(rid, {"epoch": 1, "val_top1": top1})
+            t.finish_child(rid, "FINISHED", summary={"last_top1": top1})
+
+    train({x.key for x in plan.trials})
+    from harness.tables.statistics import orderings
+
+    at_two = orderings(s, {row: {i: truth[row] + wobble[row][i] for i in (0, 1)} for row in truth})
+    assert [f"{c.a} vs {c.b}" for c in at_two.comparisons if not c.resolved] == ["GST vs TSM"]  # the close pair
+    monkeypatch.setattr(engine, "run_on_ray", lambda plan, opts, how: train(how.todo))
+    opts = RunOptions("mini.yaml", until_resolved=True)
+    assert engine.waves(plan, t, parent, opts, lambda data: {}, budget=30)
+
+    history = json.loads(t.run(parent).tags["harness.waves"])
+    *added, stop = history
+    assert added and stop["stop"] in ("every ordering resolved", "the budget of 30 trials is spent")
+    for wave in added:  # seeds go only to the rows of orderings that were unresolved then
+        rows_open = {row for pair in wave["unresolved"] for row in pair.split(" vs ")}
+        assert set(wave["added"]) <= rows_open
+    seeds = {row: sorted(x.seed for x in plan.trials if x.row == row) for row in truth}
+    assert all(v == list(range(len(v))) for v in seeds.values())  # numbered on: rows keep sharing seeds
+    assert len(plan.trials) <= 30 and len(t.children(parent)) == len(plan.trials)
+    assert len(seeds["GST"]) > 2 and len(seeds["TSN"]) < len(seeds["GST"])  # the close pair got the seeds
+    runs = t.read_study("mini", "laptop")
+    md = tables.render(s, "laptop", runs)[2]["md"]
+    assert "Seeds added by `--until-resolved`: wave 1:" in md and f"stopped: {stop['stop']}" in md

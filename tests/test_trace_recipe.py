@@ -92,8 +92,8 @@ def test_dry_run_warns_before_anything_starts(tmp_path, monkeypatch, caplog):
         name: {"params": 1, "gflops": {str(s): 1.0 for s in sizes}} for name in study.rows})
     monkeypatch.setattr("harness.preflight.check_profile", lambda *a, **k: None)  # /data/synth does not exist
     args = argparse.Namespace(study="mini.yaml", profile="paper", seeds=None, address=None, max_concurrent=None,
-                              resume=False, dry_run=True, storage=None, gpus=None,
-                              throughput=None)
+                              resume=False, dry_run=True, storage=None, gpus=None, throughput=None,
+                              until_resolved=False, max_trials=None)
     with caplog.at_level(logging.WARNING, logger="harness.study.grid"):
         assert commands.run(args) == 0
     assert any("scale_lr is false" in r.getMessage() for r in caplog.records)

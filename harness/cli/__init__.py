@@ -91,6 +91,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="trials at once (default: as many as the cluster's resources fit)")
     p.add_argument("--resume", action="store_true",
                    help="continue the latest run of this study and profile (same MLflow parent run)")
+    p.add_argument("--until-resolved", action="store_true",
+                   help="after the planned seeds, add seeds to the rows of unresolved orderings, a wave at a time, "
+                        "until they resolve or --max-trials is spent (tables; docs/statistics.md)")
+    p.add_argument("--max-trials", type=int, default=None,
+                   help="with --until-resolved: the study's trials in all (default: 3x the planned trials)")
     p.add_argument("--storage", default=None, metavar="PATH|URI",
                    help="where Ray keeps trials and checkpoints (default work/ray/<study>); on a cluster of "
                         "several nodes a folder every node sees, or an object store URI")

@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from harness.study.plan import RunOptions, resolve_profile
 
     opts = RunOptions(study_path=args.study, profile=args.profile, seeds=args.seeds, address=args.address,
-                      max_concurrent=args.max_concurrent, resume=args.resume, storage=args.storage)
+                      max_concurrent=args.max_concurrent, resume=args.resume, storage=args.storage,
+                      until_resolved=args.until_resolved, max_trials=args.max_trials)
     on_cluster = args.address or os.environ.get("RAY_ADDRESS")
     try:  # what the file says and what it points at, in a second: before the rows are profiled
         study = load_study(args.study)
@@ -47,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
             raise blocking[0].error()
         kind = KINDS[study.kind]
         plan = kind.plan(study, args.profile, profile)
+        if args.until_resolved and (not plan.trials or study.regimes):
+            raise ValueError("--until-resolved adds seeds to the rows of a table study; this study's trials are "
+                             "sampled (a search) or planned as rows x regimes (a probe)")
+        if args.max_trials is not None and args.max_trials < plan.total:
+            raise ValueError(f"--max-trials {args.max_trials} is below the {plan.total} trials the study plans")
     except Exception as exc:  # noqa: BLE001 - a config error is one line and exit 2
         return fail_config(args.study, exc)
     for problem in later:

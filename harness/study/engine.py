@@ -20,6 +20,7 @@ again, running ones continue from their last checkpoint).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import sys
 import time
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness import names
+from harness import names, stats
 from harness.config import Data, Study
 from harness.data.fingerprint import fingerprint
 from harness.data.synth import ensure_synth
@@ -56,6 +57,8 @@ def execute(study: Study, kind: Kind, plan: Plan, opts: RunOptions) -> int:
     parent = open_parent(tracker, plan, opts, commit)
     experiment = parent.experiment
     children = tracker.children(parent.run_id)
+    planned = plan.total  # before the seeds of earlier waves: --until-resolved's default budget is 3x this
+    plan.cover(children)  # seeds an earlier --until-resolved wave added
     reopen_errored(tracker, children.values())
     children = tracker.children(parent.run_id)
     todo = frozenset(t.key for t in plan.trials if not _done(children.get(t.key)))
@@ -82,6 +85,12 @@ def execute(study: Study, kind: Kind, plan: Plan, opts: RunOptions) -> int:
             return interrupted(study, kind, tracker, parent.run_id, opts, before=children)
     else:
         log.info("every trial of %s (%s) is already finished in MLflow", study.name, opts.profile)
+    if opts.until_resolved:
+        try:
+            work = waves(plan, tracker, parent.run_id, opts, lambda data: {**trace(data), **_commit_tags(commit)},
+                         budget=opts.max_trials or 3 * planned) or work
+        except KeyboardInterrupt:
+            return interrupted(study, kind, tracker, parent.run_id, opts, before=children)
     close_lost_trials(tracker, parent.run_id)
     spent = time.perf_counter() - start if work else 0.0
     return publish(study, kind, tracker, parent.run_id, opts, wall_s=parent.wall_before + spent)
@@ -260,6 +269,55 @@ def close_lost_trials(tracker: Tracker, parent_id: str) -> None:
             log.warning("%s: its trial was lost with the killed driver; marked KILLED", key)
             tracker.set_tags(run.run_id, {names.LOST: "1"})
             tracker.finish(run.run_id, "KILLED")
+
+
+# ----------------------------------------------------------------------------- --until-resolved
+
+
+def waves(plan: Plan, tracker: Tracker, parent_id: str, opts: RunOptions, trace: Callable[[Data], dict[str, str]],
+          *, budget: int) -> bool:
+    """Add seeds to the rows of unresolved orderings, one wave at a time, until every ordering resolves, the
+    rest cannot (more than harness.stats.MAX_SEEDS seeds), or the study has ``budget`` trials. Each wave and
+    why it ran are kept on the parent run (``harness.waves``) for the table. True if a wave ran."""
+    from harness.tables.statistics import orderings
+
+    ran = False
+    history = json.loads(tracker.run(parent_id).tags.get(names.WAVES, "[]"))
+    while True:
+        table = finished_top1(tracker, parent_id, plan)
+        judged = orderings(plan.study, table)
+        have = {row: sum(t.row == row for t in plan.trials) for row in table}
+        extra = stats.next_seeds(judged.comparisons, have, budget) if judged else {}
+        open_ = [f"{c.a} vs {c.b}" for c in judged.comparisons if not c.resolved] if judged else []
+        if not extra:
+            hopeless = judged is not None and all(c.seeds_needed is None for c in judged.comparisons
+                                                  if not c.resolved)
+            stop = ("every ordering resolved" if not open_ else f"the unresolved ones would need more than "
+                    f"{stats.MAX_SEEDS} seeds a row" if hopeless else f"the budget of {budget} trials is spent")
+            history.append({"stop": stop, "unresolved": open_})
+            tracker.set_tags(parent_id, {names.WAVES: json.dumps(history)})
+            log.info("--until-resolved: %s", stop)
+            return ran
+        new = plan.add_seeds(extra)
+        history.append({"added": extra, "unresolved": open_})
+        experiment = new_experiment(plan.study, opts)
+        tracker.set_tags(parent_id, {names.WAVES: json.dumps(history), names.RAY_EXPERIMENT: experiment})
+        log.info("--until-resolved wave %d: %s more seed(s) for %s (unresolved: %s)", len(history),
+                 sum(extra.values()), ", ".join(f"{r} +{n}" for r, n in extra.items()), "; ".join(open_))
+        run_on_ray(plan, opts, Launch(experiment, _callback(tracker, parent_id, plan.total), False,
+                                      opts.max_concurrent, trace, frozenset(t.key for t in new)))
+        ran = True
+
+
+def finished_top1(tracker: Tracker, parent_id: str, plan: Plan) -> dict[str, dict[int, float]]:
+    """row -> seed -> last top-1 of the plan's finished trials."""
+    table: dict[str, dict[int, float]] = {t.row: {} for t in plan.trials}
+    specs = {t.key: t for t in plan.trials}
+    for key, run in tracker.children(parent_id).items():
+        top1 = run.metrics.get(names.LAST_TOP1)
+        if key in specs and run.status == "FINISHED" and top1 is not None:
+            table[specs[key].row][specs[key].seed] = top1
+    return table
 
 
 # ----------------------------------------------------------------------------- the end

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,35 @@ class GridPlan:
 
     def describe(self, max_concurrent: int | None) -> str:
         return describe(self, max_concurrent)
+
+    def add_seeds(self, extra: Mapping[str, int]) -> list[TrialSpec]:
+        """``extra[row]`` more seeds for each row, numbered on from its last (rows keep sharing seeds, so their
+        comparisons stay paired); the new trials join the plan and are returned."""
+        if self.study.regimes:
+            raise ValueError("--until-resolved adds seeds to a table's rows; a probe's rows x regimes are planned whole")
+        have = {row: max((t.seed for t in self.specs if t.row == row), default=-1) + 1 for row in self.study.rows}
+        resolved = with_profile(self.study, self.profile_name, self.profile)
+        new = [self._spec(resolved, row, seed) for row, n in extra.items() for seed in range(have[row], have[row] + n)]
+        self.specs.extend(new)
+        return new
+
+    def cover(self, keys: Iterable[str]) -> None:
+        """Take in the seeds an earlier ``--until-resolved`` wave added (trial keys beyond the plan's seeds)."""
+        last = {row: max(t.seed for t in self.specs if t.row == row) for row in {t.row for t in self.specs}}
+        held = dict(last)
+        for key in keys:
+            study, profile, *middle, seed = key.split("/")
+            if (study, profile) == (self.study.name, self.profile_name) and len(middle) == 1 and middle[0] in held:
+                held[middle[0]] = max(held[middle[0]], int(seed.removeprefix("seed")))
+        extra = {row: held[row] - last[row] for row in held if held[row] > last[row]}
+        if extra:
+            self.add_seeds(extra)
+
+    def _spec(self, resolved: Study, row: str, seed: int) -> TrialSpec:
+        return TrialSpec(key=grid_key(self.study.name, self.profile_name, row, seed), study=self.study.name,
+                         profile=self.profile_name, row=row, seed=seed, label=row,
+                         config=trial_config(resolved, self.profile_name, row, seed),
+                         metrics=profile_metrics(self.profiles[row]))
 
     def launch(self, how: Launch) -> None:
         from harness.tune.grid import run_trials

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,6 +33,8 @@ class RunOptions:
     storage: str | None = None  # where Ray keeps trials and checkpoints; default work/ray/<study>
     out_dir: Path = Path("results")
     max_failures: int = 2
+    until_resolved: bool = False  # add seeds to the rows of unresolved orderings, a wave at a time
+    max_trials: int | None = None  # the study's trials in all with until_resolved (default: 3x the plan's)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,12 @@ class Plan(Protocol):
 
     def launch(self, how: Launch) -> None:
         """Run the trials on Ray Tune (the engine holds the Ray session and the MLflow parent run)."""
+
+    def add_seeds(self, extra: Mapping[str, int]) -> list[TrialSpec]:
+        """More seeds for some rows (``harness run --until-resolved``): the new trials, now in the plan."""
+
+    def cover(self, keys: Iterable[str]) -> None:
+        """Take in the trials a resumed study already holds beyond the plan (seeds an earlier wave added)."""
 
 
 # ----------------------------------------------------------------------------- the resolved profile

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +127,12 @@ class SearchPlan:
 
     def describe(self, max_concurrent: int | None) -> str:
         return describe(self, max_concurrent)
+
+    def add_seeds(self, extra: Mapping[str, int]) -> list[TrialSpec]:
+        raise ValueError("--until-resolved adds seeds to a table's rows; a search samples configurations")
+
+    def cover(self, keys: Iterable[str]) -> None:
+        """A search's trials are sampled; nothing beyond them to take in."""
 
     def launch(self, how: Launch) -> None:
         from harness.tune.experiment import checkpoints_to_keep

@@ -171,8 +171,8 @@ def trial_frame(runs: StudyRuns) -> pd.DataFrame:
 def header(study: Study, profile: str, runs: StudyRuns, frame: pd.DataFrame) -> dict[str, str]:
     """What the table's first line says: study, profile, protocol, data, seeds, date, commit, parent run."""
     p = runs.parent
-    seeds = p.tags.get(names.SEEDS) or str(int(frame["trials"].max()) if len(frame) else 0)
     trials = trial_frame(runs)
+    seeds = seed_range(trials) or p.tags.get(names.SEEDS) or str(int(frame["trials"].max()) if len(frame) else 0)
     traced = {}
     for col, label in TRACED.items():  # one value, or one per probe regime (each regime has its own data)
         refs = references(trials, col)
@@ -185,6 +185,15 @@ def header(study: Study, profile: str, runs: StudyRuns, frame: pd.DataFrame) -> 
     return {"study": study.name, "profile": profile, "seeds": seeds, "date": when(p),
             "commit": p.tags.get(names.COMMIT, "unknown"), "parent_run": p.run_id, "status": p.status, **traced,
             "paper_epoch": study.paper_epoch}
+
+
+def seed_range(trials: pd.DataFrame) -> str:
+    """Seeds per row that ran: ``2``, or ``2-5`` when rows got different numbers (``--until-resolved``)."""
+    if not len(trials):
+        return ""
+    counts = trials.groupby("row")["seed"].nunique()
+    low, high = int(counts.min()), int(counts.max())
+    return str(low) if low == high else f"{low}-{high}"
 
 
 def header_line(h: Mapping[str, str]) -> str:

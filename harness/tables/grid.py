@@ -291,7 +291,7 @@ def render(study: Study, profile: str, runs: StudyRuns, clips: Mapping[str, Pred
     h["orderings"] = statistics.summary_line(judged)
     shown = flag_columns(display(frame), frame)
     below = "\n\n".join([NOTE, *([ORDER_NOTE] if "order acc. in pairs" in shown else []), statistics.POOLED_NOTE,
-                          *notes(study, frame, h), *statistics.sections(judged, frame)])
+                          *notes(study, frame, h), *statistics.waves_note(runs), *statistics.sections(judged, frame)])
     md = f"{heading(study, runs, h)}{shown.to_markdown(index=False)}\n\n{below}\n"
     csv_frame = frame.assign(profile=h["profile"], git_commit=h["commit"], date=h["date"],
                              paper_epoch=study.paper_epoch)

@@ -16,6 +16,7 @@ docs/statistics.md says how to read each of them.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -163,3 +164,17 @@ def sections(judged: stats.StudyStatistics | None, frame: pd.DataFrame) -> list[
                    "seed happens to get right; more validation clips shrink it), in points, from the trials' "
                    f"per-clip predictions.\n\n{table.to_markdown(index=False)}")
     return out
+
+
+def waves_note(runs: StudyRuns) -> list[str]:
+    """What ``--until-resolved`` did: the seeds each wave added and why, and why it stopped."""
+    history = json.loads(runs.parent.tags.get(names.WAVES, "[]"))
+    lines = []
+    for i, wave in enumerate(history, 1):
+        if "added" in wave:
+            added = ", ".join(f"{row} +{n}" for row, n in wave["added"].items())
+            lines.append(f"wave {i}: {added} seed(s), for {'; '.join(wave['unresolved'])}")
+        else:
+            lines.append(f"stopped: {wave['stop']}" + (f" (unresolved: {'; '.join(wave['unresolved'])})"
+                                                         if wave["unresolved"] else ""))
+    return [f"Seeds added by `--until-resolved`: {'. '.join(lines)}."] if lines else []
