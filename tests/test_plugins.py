@@ -220,5 +220,5 @@ def test_walkthrough_plugin_trains_next_to_tsn_and_lands_in_mlflow(site, tmp_pat
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name("my-study")
     runs = client.search_runs([exp.experiment_id])
-    blocks_logged = sorted(r.tags.get("harness.block", "") for r in runs if "harness.block" in r.tags)
+    blocks_logged = sorted(r.data.tags.get("harness.block", "") for r in runs if "harness.block" in r.data.tags)
     assert blocks_logged == ["dw_temporal", "tsn"]

@@ -50,7 +50,7 @@ def test_real_model_trains_data_parallel_on_two_cpu_workers(cluster, tmp_path):
     import ray
 
     from harness.config import TrainConfig
-    from harness.tune import ddp_smoke
+    from harness.tune.ddp import ddp_smoke
 
     if not ray.is_initialized():
         ray.init(address=cluster.address)

@@ -99,10 +99,11 @@ def test_fit_under_a_process_group_trains_one_model_and_only_rank0_writes(tmp_pa
 
     from harness.config import load_study
     from harness.data.synth import ensure_synth
-    from harness.run import plan, resolve_profile
+    from harness.study.grid import plan
+    from harness.study.plan import resolve_profile
 
     study = load_study(write_study(tmp_path, synth_root, epochs=2, seeds=1, rows={"Ours": "vps"}))
-    cfg = plan(study, "laptop", resolve_profile(study, "laptop"))[0].config
+    cfg = plan(study, "laptop", resolve_profile(study, "laptop")).trials[0].config
     ensure_synth(cfg.data)  # before the ranks start, so they do not race to write it
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -131,13 +132,13 @@ def test_fit_under_a_process_group_trains_one_model_and_only_rank0_writes(tmp_pa
 
 @pytest.fixture
 def two_cpu_ray():
-    from harness import tune
+    from harness.tune import session
 
-    assert tune.connect(num_cpus=2), "a Ray was already running in this process"
+    assert session.connect(num_cpus=2), "a Ray was already running in this process"
     try:
         yield
     finally:
-        tune.shutdown()
+        session.shutdown()
 
 
 @pytest.mark.slow
