@@ -285,3 +285,16 @@ def test_fig5_is_drawn_from_the_runs_fusion_matrices_artifacts(tracker, tmp_path
     paths = tables.write(study, "laptop", tracker, out_dir=tmp_path).paths
     assert paths["png"] == tmp_path / "fig5.png" and paths["png"].read_bytes()[:4] == PNG
     assert "Ours+Li and Lc" in paths["md"].read_text()
+
+
+def test_table1_says_gst_r101_trains_the_tiny_backbone_on_the_laptop_and_resnet101_on_the_paper(monkeypatch):
+    from harness.config import trained_backbone
+    from harness.tables.grid import backbone_notes
+
+    monkeypatch.chdir(ROOT)
+    study = load_study("studies/table1.yaml")
+    [note] = backbone_notes(study, "laptop")
+    assert note.startswith("Backbones: GST-R101 trains tiny under the laptop profile") and "resnet101's" in note
+    assert backbone_notes(study, "paper") == []  # it trains its own ResNet-101 there: nothing to say
+    assert trained_backbone(study, "paper", "GST-R101") == "resnet101"
+    assert trained_backbone(study, "paper", "GST") == "resnet50"

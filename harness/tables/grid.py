@@ -36,7 +36,7 @@ import blocks
 from harness import names, paper, plots
 from harness.predictions import Predictions
 from harness.tables import statistics
-from harness.config import Study, row_data
+from harness.config import Study, backbone_differs, row_data, trained_backbone
 from harness.tables.common import (TRACED, Report, heading, header, header_line, interval_cell, num, references,
                                    row_summary, trial_frame, value, write_set)
 from harness.tracking import StudyRuns, Tracker
@@ -262,13 +262,28 @@ def notes(study: Study, frame: pd.DataFrame, h: dict[str, str]) -> list[str]:
     """Lines under the table: which epoch the paper's figures are, and the rows flagged by :func:`flag_columns`."""
     what = {"protocol": "were tested with a protocol other than the header's",
             "data": "read data whose fingerprint differs from the header's (another copy, or the copy changed)"}
-    lines = [EPOCH_NOTE[study.paper_epoch]]
+    lines = [EPOCH_NOTE[study.paper_epoch], *backbone_notes(study, h["profile"])]
     for col, label in TRACED.items():
         flagged = frame.loc[frame[f"{col}_differs"], "row"].tolist() if f"{col}_differs" in frame else []
         if flagged:
             lines.append(f"⚠ {label}: the runs of {', '.join(flagged)} {what[label]}, {h[label]}; "
                          "do not compare those rows with the others.")
     return lines
+
+
+def backbone_notes(study: Study, profile: str) -> list[str]:
+    """Rows that train another backbone under this profile than the one their params and GFLOPs are counted
+    on (GST-R101 on the laptop: the tiny backbone like every row, so the same trial as GST)."""
+    if profile not in study.profiles:
+        return []
+    differ = [row for row in study.rows if backbone_differs(study, profile, row)]
+    if not differ:
+        return []
+    trained = {row: trained_backbone(study, profile, row) for row in differ}
+    return ["Backbones: " + "; ".join(f"{row} trains {trained[row]} under the {profile} profile, its params and "
+                                       f"GFLOPs are {study.rows[row].backbone}'s" for row in differ)
+            + (" (every row of this profile trains the tiny backbone, by design: rows that differ only in their "
+               "paper backbone are the same trial here)" if "tiny" in trained.values() else "") + "."]
 
 
 NOTE = ("params and GFLOPs: the row on the paper backbone (fvcore, one multiply-add = one FLOP, per clip of "
