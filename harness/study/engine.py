@@ -54,46 +54,54 @@ def execute(study: Study, kind: Kind, plan: Plan, opts: RunOptions) -> int:
     tracker = Tracker(default_uri(WORK))
     tracker.prepare()  # the database exists before any worker starts
     commit = git_commit()
+
+    def stamp(data: Data) -> dict[str, str]:  # what every trial's child run is tagged with
+        return {**trace(data), **_commit_tags(commit)}
+
     parent = open_parent(tracker, plan, opts, commit)
-    experiment = parent.experiment
-    children = tracker.children(parent.run_id)
     planned = plan.total  # before the seeds of earlier waves: --until-resolved's default budget is 3x this
+    before = tracker.children(parent.run_id)
+    launch = attach(plan, tracker, parent, opts, stamp)
+    tracker.set_tags(parent.run_id, _summary_tags(plan, trace))
+    try:
+        if launch is not None:
+            run_on_ray(plan, opts, launch)
+        else:
+            log.info("every trial of %s (%s) is already finished in MLflow", study.name, opts.profile)
+        ran_waves = opts.until_resolved and waves(plan, tracker, parent.run_id, opts, stamp,
+                                                  budget=opts.max_trials or 3 * planned)
+    except KeyboardInterrupt:
+        return interrupted(study, kind, tracker, parent.run_id, opts, before=before)
+    close_lost_trials(tracker, parent.run_id)
+    spent = time.perf_counter() - start if launch is not None or ran_waves else 0.0
+    return publish(study, kind, tracker, parent.run_id, opts, wall_s=parent.wall_before + spent)
+
+
+def attach(plan: Plan, tracker: Tracker, parent: Parent, opts: RunOptions,
+           stamp: Callable[[Data], dict[str, str]]) -> Launch | None:
+    """What is left to run under the parent, and how: the trials not yet done (a resume reopens the errored
+    ones and restores Tune's saved experiment when it can); None when nothing is left."""
+    children = tracker.children(parent.run_id)
     plan.cover(children)  # seeds an earlier --until-resolved wave added
     reopen_errored(tracker, children.values())
     children = tracker.children(parent.run_id)
     todo = frozenset(t.key for t in plan.trials if not _done(children.get(t.key)))
     specs = {t.key: t for t in plan.trials}
     retag_resumed(tracker, {k: children[k] for k in todo if k in children},
-                  {k: trace(specs[k].config.data) for k in todo})
+                  {k: stamp(specs[k].config.data) for k in todo})
     sampled = not plan.trials  # a search: Optuna samples its trials while it runs
-    work = bool(todo) if not sampled else not parent.finished_before
+    if not (todo if not sampled else not parent.finished_before):
+        return None
+    experiment = parent.experiment
     restore = parent.resumed and _can_restore(experiment)
-    if parent.resumed and work and not restore:
-        experiment = new_experiment(study, opts)
+    if parent.resumed and not restore:
+        experiment = new_experiment(plan.study, opts)
         tracker.set_tags(parent.run_id, {names.RAY_EXPERIMENT: experiment})
         log.info("no Ray experiment state to restore; the unfinished trials start afresh under the same parent")
-    tracker.set_tags(parent.run_id, _summary_tags(plan, trace))
-    if work:
-        count = len(todo) if not sampled else plan.total
-        log.info("%s: %d of %d trials to run, Ray experiment %s, MLflow %s (parent %s)", study.name, count,
-                 plan.total, experiment, tracker.uri, parent.run_id)
-        try:
-            run_on_ray(plan, opts, Launch(experiment, _callback(tracker, parent.run_id, plan.total), restore,
-                                          opts.max_concurrent, lambda data: {**trace(data), **_commit_tags(commit)},
-                                          todo))
-        except KeyboardInterrupt:
-            return interrupted(study, kind, tracker, parent.run_id, opts, before=children)
-    else:
-        log.info("every trial of %s (%s) is already finished in MLflow", study.name, opts.profile)
-    if opts.until_resolved:
-        try:
-            work = waves(plan, tracker, parent.run_id, opts, lambda data: {**trace(data), **_commit_tags(commit)},
-                         budget=opts.max_trials or 3 * planned) or work
-        except KeyboardInterrupt:
-            return interrupted(study, kind, tracker, parent.run_id, opts, before=children)
-    close_lost_trials(tracker, parent.run_id)
-    spent = time.perf_counter() - start if work else 0.0
-    return publish(study, kind, tracker, parent.run_id, opts, wall_s=parent.wall_before + spent)
+    log.info("%s: %d of %d trials to run, Ray experiment %s, MLflow %s (parent %s)", plan.study.name,
+             len(todo) if not sampled else plan.total, plan.total, experiment, tracker.uri, parent.run_id)
+    return Launch(experiment, _callback(tracker, parent.run_id, plan.total), restore, opts.max_concurrent, stamp,
+                  todo)
 
 
 def run_on_ray(plan: Plan, opts: RunOptions, how: Launch) -> None:
