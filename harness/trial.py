@@ -14,7 +14,6 @@ retries update a trial's own record instead of adding one::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,7 +42,34 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-class TrialSpec(BaseModel):
+class TrialIdentity(BaseModel):
+    """Where a trial sits in its study: what its child run's tags say (:meth:`TrialSpec.tags`), and all the
+    tables know of it from them (:meth:`from_tags`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    study: str
+    profile: str
+    row: str
+    seed: int
+    label: str
+    regime: str | None = None
+    sample: int | None = None
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> "TrialIdentity":
+        row = tags.get(names.ROW, "")
+        regime = tags.get(names.REGIME) or None
+        sample = tags.get(names.SAMPLE)
+        return cls(key=tags[names.TRIAL_KEY], study=tags.get(names.STUDY, ""), profile=tags.get(names.PROFILE, ""),
+                   row=row, seed=int(tags.get(names.SEED, -1)),
+                   # runs made before the label tag: a grid trial's line was its row (row@regime in probes)
+                   label=tags.get(names.LABEL) or (row if regime is None else f"{row}@{regime}"),
+                   regime=regime, sample=int(sample) if sample is not None else None)
+
+
+class TrialSpec(TrialIdentity):
     """What one trial trains and how it is named and recorded.
 
     Args:
@@ -64,17 +90,7 @@ class TrialSpec(BaseModel):
         over_budget: why a search sample is not trained (over the FLOPs budget).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    key: str
-    study: str
-    profile: str
-    row: str
-    seed: int
-    label: str
     config: TrainConfig
-    regime: str | None = None
-    sample: int | None = None
     search_params: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
     trace: dict[str, str] = Field(default_factory=dict)
@@ -113,29 +129,3 @@ class TrialSpec(BaseModel):
 
     def with_trace(self, trace: Mapping[str, str]) -> "TrialSpec":
         return self.model_copy(update={"trace": {**self.trace, **trace}})
-
-
-@dataclass(frozen=True)
-class TrialIdentity:
-    """What the tables know of a trial from its child run's tags alone: :meth:`TrialSpec.tags` read back."""
-
-    key: str
-    study: str
-    profile: str
-    row: str
-    seed: int
-    label: str
-    block: str
-    regime: str | None = None
-    sample: int | None = None
-
-    @classmethod
-    def from_tags(cls, tags: Mapping[str, str]) -> "TrialIdentity":
-        row = tags.get(names.ROW, "")
-        regime = tags.get(names.REGIME) or None
-        sample = tags.get(names.SAMPLE)
-        return cls(key=tags[names.TRIAL_KEY], study=tags.get(names.STUDY, ""), profile=tags.get(names.PROFILE, ""),
-                   row=row, seed=int(tags.get(names.SEED, -1)), block=tags.get(names.BLOCK, ""),
-                   # runs made before the label tag: a grid trial's line was its row (row@regime in probes)
-                   label=tags.get(names.LABEL) or (row if regime is None else f"{row}@{regime}"),
-                   regime=regime, sample=int(sample) if sample is not None else None)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from scipy.stats import binomtest  # type: ignore[import-untyped]  # scipy ships no type information
+from scipy.stats import binomtest
 
 from harness import names
 from harness.config import Recipe, Search, Study
