@@ -614,11 +614,3 @@ def report(checks: list[Check], seconds: float) -> str:
     verdict = "ready" if not fails else "not ready"
     return "\n".join([*(c.line() for c in checks), "",
                       f"{verdict}: {fails} failure(s), {warns} warning(s) in {seconds:.1f} s"])
-
-
-def main(args: Any) -> int:
-    """``harness doctor [--study S [--profile P]] [--address A] [--ray]``: 0 when no FAIL, else 1."""
-    t0 = time.perf_counter()
-    checks = run_checks(args.study, args.profile, args.address, args.ray)
-    print(report(checks, time.perf_counter() - t0))
-    return 1 if any(c.level == "fail" for c in checks) else 0

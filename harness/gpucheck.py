@@ -425,8 +425,50 @@ def _timed(run: Any) -> Any:
     return out
 
 
+def setup_for(study_path: str, *, device: str, tiny: bool = False, batch: int | None = None,
+              steps: int = 3) -> Setup:
+    """The study's paper profile at 8x112, batch 8 (``batch`` overrides); ``tiny``: its laptop profile's backbone
+    and input, batch 2, the CPU-safe parts in seconds."""
+    from .config import load_study
+
+    study = load_study(study_path)
+    if tiny:
+        data = study.profiles["laptop"].data
+        return Setup(study, "laptop", device, batch or 2, steps, data.frames, data.size)
+    return Setup(study, "paper", device, batch or 8, steps)
+
+
+def run_sections(setup: Setup, *, skip: set[str], repeats: int) -> list[Section]:
+    """Train and eval every row, then DDP (Ray Train's path unless ``ray`` is skipped) and the block bench."""
+    steps, _ = _timed(lambda: train_section(setup))
+    sections = [steps]
+    rows = list(setup.study.rows)
+    ddp_row = next((r for r in rows if setup.study.rows[r].block == "vps"), rows[0])
+    if "ddp" not in skip:
+        sections.append(_guarded("ddp", lambda: ddp_section(setup, ddp_row, "ray" not in skip)))
+    if "bench" not in skip:
+        sections.append(_guarded("bench blocks", lambda: bench_section(setup, repeats)))
+    return sections
+
+
+def _guarded(name: str, run: Any) -> Section:
+    """A section that crashes fails with its traceback in the report instead of ending the run."""
+    start = time.perf_counter()
+    try:
+        section = run()
+    except Exception:  # noqa: BLE001 - written into the report
+        section = Section(name, False, f"```\n{traceback.format_exc()[-3000:]}```")
+    section.seconds = time.perf_counter() - start
+    return section
+
+
+# ----------------------------------------------------------------------------- python -m harness.gpucheck
+# Its own entry point rather than a `harness` sub-command: `make gpu-check` runs it on a GPU machine, and its flags
+# are read here, next to the sections they choose.
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m harness.gpucheck", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m harness.gpucheck", description=(__doc__ or "").splitlines()[0])
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--tiny", action="store_true",
                    help="the laptop profile's tiny backbone at 4x28, batch 2: the CPU-safe parts in seconds")
@@ -443,17 +485,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def setup_from(args: argparse.Namespace) -> Setup:
-    from .config import load_study
-
-    study = load_study(args.study)
-    if args.tiny:
-        data = study.profiles["laptop"].data
-        return Setup(study, "laptop", args.device, args.batch or 2, args.steps, data.frames, data.size)
-    return Setup(study, "paper", args.device, args.batch or 8, args.steps)
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Run the sections, write the report to ``--out`` and print it: 0 all passed, 1 one failed, 2 no CUDA."""
     args = parse_args(argv)
     import torch
 
@@ -464,33 +497,15 @@ def main(argv: list[str] | None = None) -> int:
     from .tracking import git_commit
 
     start = time.perf_counter()
-    setup = setup_from(args)
+    setup = setup_for(args.study, device=args.device, tiny=args.tiny, batch=args.batch, steps=args.steps)
     skip = set(args.skip) | ({"ray", "bench"} if args.tiny else set())
-    steps, _ = _timed(lambda: train_section(setup))
-    sections = [steps]
-    rows = list(setup.study.rows)
-    ddp_row = next((r for r in rows if setup.study.rows[r].block == "vps"), rows[0])
-    if "ddp" not in skip:
-        sections.append(_guarded("ddp", lambda: ddp_section(setup, ddp_row, "ray" not in skip)))
-    if "bench" not in skip:
-        sections.append(_guarded("bench blocks", lambda: bench_section(setup, args.repeats)))
+    sections = run_sections(setup, skip=skip, repeats=args.repeats)
     text = render(device_line(args.device), sections, commit=git_commit(), wall_s=time.perf_counter() - start,
                   tiny=args.tiny)
     path = write_atomic(text, args.out)
     print(text)
     print(f"written to {path}")
     return 0 if all(s.ok for s in sections) else 1
-
-
-def _guarded(name: str, run: Any) -> Section:
-    """A section that crashes fails with its traceback in the report instead of ending the run."""
-    start = time.perf_counter()
-    try:
-        section = run()
-    except Exception:  # noqa: BLE001 - written into the report
-        section = Section(name, False, f"```\n{traceback.format_exc()[-3000:]}```")
-    section.seconds = time.perf_counter() - start
-    return section
 
 
 if __name__ == "__main__":

@@ -30,9 +30,7 @@ annotation files under ``root``); it is not generated here.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -141,27 +139,3 @@ def fingerprint(data: Data, split: str = "val", sample: int = 16) -> dict:
             "decoder": ", ".join(sorted(decoders)) or "none", "clips": len(chosen),
             "format": data.format, "split": split, "entries": len(result.entries),
             "files": [f.name for f in result.files], "unreadable": unreadable}
-
-
-def _text(d: dict) -> str:
-    lines = [f"fingerprint {d['fingerprint']}  ({d['format']} {d['split']}: {d['clips']} of {d['entries']} "
-             f"clips sampled, decoder {d['decoder']})",
-             f"  annotations sha256 {d['annotations']}  ({', '.join(d['files'])})",
-             f"  pixels      sha256 {d['pixels']}"]
-    lines += [f"  unreadable: {r}" for r in d["unreadable"]]
-    return "\n".join(lines)
-
-
-def main(args) -> int:
-    """Entry point of ``harness data fingerprint``: 0 printed, 2 unusable arguments or annotations."""
-    if args.sample < 1:
-        print("error: --sample must be >= 1", file=sys.stderr)
-        return 2
-    data = Data(format=args.format, root=args.root, annotations=args.annotations)
-    try:
-        d = fingerprint(data, args.split, args.sample)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(d) if args.json else _text(d))
-    return 0

@@ -15,10 +15,8 @@ decord (#373) hangs the inspection too.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -80,28 +78,3 @@ def inspect_split(fmt: str, root, annotations, split: str, threads: int | None =
                 report.unreadable.append((str(entry.path), reason))
                 log.warning("unreadable: %s", reason)
     return report
-
-
-def _text(d: dict) -> str:
-    lines = [f"{d['format']} {d['split']}: {d['entries']} entries, {d['classes']} classes, "
-             f"{d['readable']} readable, {len(d['unreadable'])} unreadable ({d['bad_fraction']:.2%}, "
-             f"limit {d['max_bad_fraction']:.2%})"]
-    if d["frames"]:
-        lines.append("frames min/median/max: {min}/{median}/{max}".format(**d["frames"]))
-    lines += [f"  unreadable: {r}" for r in d["reasons"]]
-    return "\n".join(lines)
-
-
-def main(args) -> int:
-    """Entry point of ``harness data inspect``; prints the report, returns the exit code."""
-    if not 0 <= args.max_bad_fraction <= 1:
-        print("error: --max-bad-fraction must be between 0 and 1", file=sys.stderr)
-        return 2
-    try:
-        report = inspect_split(args.format, args.root, args.annotations, args.split)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    d = report.as_dict(args.max_bad_fraction)
-    print(json.dumps(d) if args.json else _text(d))
-    return 0 if d["ok"] else 1

@@ -537,33 +537,3 @@ def ensure_synth(data) -> Path:
     return ensure_at(data.root, videos=cfg.videos, frames=cfg.frames, size=cfg.size, seed=cfg.seed,
                      val_fraction=cfg.val_fraction, size_range=cfg.train_size, speed_range=cfg.train_speed,
                      val_size_range=cfg.val_size, val_speed_range=cfg.val_speed, style=cfg.style)
-
-
-def main(args) -> int:
-    """``harness data synth OUT_DIR``: 0 written (or already there), 2 unusable arguments."""
-    val_fraction = getattr(args, "val_fraction", 0.25)
-    problems = [f"--{k} must be >= {lo}" for k, v, lo in
-                (("videos", args.videos, 2), ("frames", args.frames, 2), ("size", args.size, 16)) if v < lo]
-    if not 0 < val_fraction < 1:
-        problems.append("--val-fraction must be between 0 and 1")
-    ranges = {flag: tuple(getattr(args, flag.replace("-", "_"), None) or default) for flag, default in
-              (("train-size", SIZE_RANGE), ("train-speed", SPEED_RANGE), ("val-size", SIZE_RANGE),
-               ("val-speed", SPEED_RANGE))}
-    problems += [f"--{flag} MIN MAX needs 0 < MIN <= MAX <= {1 if flag.endswith('size') else 0.5}, got {list(r)}"
-                 for flag, r in ranges.items() if not 0 < r[0] <= r[1] <= (1 if flag.endswith("size") else 0.5)]
-    if problems:
-        print(f"error: {'; '.join(problems)}", file=sys.stderr)
-        return 2
-    start = time.perf_counter()
-    try:
-        root = ensure_at(args.out_dir, videos=args.videos, frames=args.frames, size=args.size,
-                         seed=args.seed, val_fraction=val_fraction, size_range=ranges["train-size"],
-                         speed_range=ranges["train-speed"], val_size_range=ranges["val-size"],
-                         val_speed_range=ranges["val-speed"])
-    except (FileExistsError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{args.videos} clips of {args.frames}x{args.size}x{args.size} ({len(CLASSES)} classes) in {root} "
-          f"[{time.perf_counter() - start:.1f} s]\n"
-          f"read it with: harness data inspect --format sthv2 --root {root / 'videos'} --annotations {root}")
-    return 0
