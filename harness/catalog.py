@@ -19,7 +19,7 @@ def describe(name: str) -> dict[str, Any]:
     return {
         "block": name,
         "origin": blocks.origin(name),
-        "placement": cls.placement,
+        "placement": blocks.placement(name),
         "summary": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
         "options": [{"name": k, "type": types[k], "default": _jsonable(v)} for k, v in defaults.items()],
     }
