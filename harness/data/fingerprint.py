@@ -32,11 +32,12 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..config import Data
-from .formats import DataError, Entry, read_split
+from .formats import Entry, read_split
 from .sampling import val_indices
 from .video import UnreadableError, open_entry
 
@@ -98,7 +99,7 @@ def _decoder(entry: Entry) -> str:
     return f"decord {decord.__version__} (PyAV {av.__version__})"
 
 
-def _hash_clip(h, entry: Entry, root: Path) -> str | None:
+def _hash_clip(h: hashlib._Hash, entry: Entry, root: Path) -> str | None:
     """Feed one clip's id, frame count and sampled frames to ``h``; returns the reason if it is unreadable."""
     h.update(_clip_id(entry, root).encode() + b"\0")
     try:
@@ -113,7 +114,7 @@ def _hash_clip(h, entry: Entry, root: Path) -> str | None:
     return None
 
 
-def fingerprint(data: Data, split: str = "val", sample: int = 16) -> dict:
+def fingerprint(data: Data, split: str = "val", sample: int = 16) -> dict[str, Any]:
     """Fingerprint of one split of ``data``: annotation bytes and the decoded pixels of a fixed sample.
 
     Returns ``{"fingerprint", "annotations", "pixels", "decoder", "clips", ...}``:
