@@ -23,7 +23,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from torch.utils import benchmark
 import blocks
 
 from . import names
-from .config import Profile, Row, Study, load_study
+from .config import Data, Profile, Row, Study, TrainConfig, load_study
 from .profile import profile_row
 from .trial import TrialSpec
 
@@ -56,7 +56,7 @@ def saved_activation_bytes() -> Iterator[list[int]]:
         yield total
 
 
-def _step_fn(model: torch.nn.Module, clip: torch.Tensor):
+def _step_fn(model: torch.nn.Module, clip: torch.Tensor) -> Callable[[], None]:
     def step() -> None:
         model.zero_grad(set_to_none=True)
         model(clip).sum().backward()
@@ -101,13 +101,13 @@ def bench_blocks(rows: dict[str, Row], *, size: int = 112, frames: int = 8, batc
         step()
     times: dict[str, list[float]] = {name: [] for name in models}
     names = list(steps)
-    for r in range(repeats):
+    for repeat in range(repeats):
         # Interleaved, so drift hits every block alike, and rotated, so no block always runs first
         # or always follows the same neighbour (whose freed memory and cache it inherits).
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
             timer = benchmark.Timer(stmt="step()", globals={"step": steps[name]}, num_threads=threads)
             times[name].append(timer.timeit(1).median)
-        log.info("bench repeat %d/%d done", r + 1, repeats)
+        log.info("bench repeat %d/%d done", repeat + 1, repeats)
     out = []
     for name, row in rows.items():
         t = np.array(times[name])
@@ -138,7 +138,7 @@ def machine() -> str:
     return f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def loader_rate(data, *, workers: int, batch_size: int, batches: int, seed: int = 0) -> float:
+def loader_rate(data: Data, *, workers: int, batch_size: int, batches: int, seed: int = 0) -> float:
     """Training-loader clips/s: decode, sample, augment and collate, nothing else."""
     from .data import build_loader
 
@@ -155,7 +155,7 @@ def loader_rate(data, *, workers: int, batch_size: int, batches: int, seed: int 
     return clips / (time.perf_counter() - start)
 
 
-def model_rate(cfg, *, batch_size: int, steps: int) -> float:
+def model_rate(cfg: TrainConfig, *, batch_size: int, steps: int) -> float:
     """Training clips/s of the profile's model on in-memory clips (forward, backward, SGD step)."""
     from .train import keep_freed_memory
 

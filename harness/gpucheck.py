@@ -42,7 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from .config import Study
+    from .train.setup import Setup as TrialSetup
 
 NO_CUDA = "error: no CUDA device: run this on a GPU machine (or --device cpu --tiny for its CPU-safe parts)"
 
@@ -81,7 +85,7 @@ class StepResult:
 class Setup:
     """What every section runs with: the study, its profile (paper, or laptop with --tiny), device and sizes."""
 
-    study: Any
+    study: Study
     profile: str
     device: str
     batch: int
@@ -135,13 +139,16 @@ def train_row(setup: Setup, row: str, num_classes: int) -> StepResult:
         torch.cuda.reset_peak_memory_stats()
     model = train.create_model(cfg, num_classes).to(device)
     if cuda:
-        model = model.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format (torch's docs); its typed overloads leave it out
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     groups = train.param_groups(model, cfg.recipe, from_imagenet=True)  # the paper profile starts from ImageNet
     optimizer = torch.optim.SGD(groups, lr=cfg.recipe.effective_lr, momentum=cfg.recipe.momentum,
                                 weight_decay=cfg.recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, train.lr_lambda(cfg.recipe, setup.steps))
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    trial = SimpleNamespace(cfg=cfg, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    # optimizer_step reads only these five of a trial's Setup; the check has no loaders to build one from
+    trial = cast("TrialSetup", SimpleNamespace(cfg=cfg, model=model, optimizer=optimizer, scheduler=scheduler,
+                                          scaler=scaler))
     before = [p.detach().clone() for p in model.parameters()]
     losses, times = [], []
     shape = (setup.batch, setup.frames, 3, setup.size, setup.size)
@@ -151,7 +158,8 @@ def train_row(setup: Setup, row: str, num_classes: int) -> StepResult:
         start = time.perf_counter()
         with train.autocast(device, amp):
             logits = model(clips)
-        aux = model.aux_losses() if hasattr(model, "aux_losses") else {}
+        aux_losses = getattr(model, "aux_losses", None)  # the VideoResNet's; nn.Module has none
+        aux = aux_losses() if aux_losses is not None else {}
         loss, _ = train.compute_loss(logits, labels, aux, alpha=cfg.recipe.alpha, beta=cfg.recipe.beta)
         losses.append(float(loss.detach()))
         if not math.isfinite(losses[-1]):
@@ -290,7 +298,7 @@ def run_ddp(cfg_json: dict[str, Any], num_classes: int, *, backend: str, world: 
                                                      queue)) for r in range(world)]
         for p in procs:
             p.start()
-        answers = []
+        answers: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
         while len(answers) < world and time.monotonic() < deadline:
             try:

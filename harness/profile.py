@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -24,6 +24,9 @@ from blocks.fusion import Fusion
 
 from . import paper
 from .config import Row, Study
+
+if TYPE_CHECKING:
+    from fvcore.nn import FlopCountAnalysis
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +89,7 @@ ZERO_COST_OPS = {
 }
 
 
-def _flops(model: torch.nn.Module, clip: torch.Tensor):
+def _flops(model: torch.nn.Module, clip: torch.Tensor) -> FlopCountAnalysis:
     from fvcore.nn import FlopCountAnalysis
 
     analysis = FlopCountAnalysis(model, clip)
