@@ -39,23 +39,23 @@ def create(name: str, *, backbone: str | Mapping[str, Any] = "resnet50", num_cla
         pretrained: path to a torchvision-format ImageNet checkpoint (loaded with weights_only=True).
         **options: the block's options (``blocks.options(name)``); unknown ones raise and list the valid ones.
     """
-    cls = registry.get(name)
+    cls, placement = registry.get(name), registry.placement(name)
     registry.check(name, options)
     spec = _backbone_spec(backbone)
-    placement_defaults = registry.PLACEMENT_OPTIONS.get(cls.placement, {})
+    placement_defaults = registry.PLACEMENT_OPTIONS.get(placement, {})
     place = {k: options.pop(k, v) for k, v in placement_defaults.items()}
     kwargs = dict(num_frames=num_frames, **options)
     build: dict[str, Any] = {}
-    if cls.placement == "residual":
+    if placement == "residual":
         # TSM shifts every bottleneck, every other one when layer3 is deep (ResNet-101).
         every = place["every"] or (2 if spec["depths"][2] >= 23 else 1)
         build["residual_op"] = lambda s, i, c: cls(channels=c, **kwargs) if i % every == 0 else None
-    elif cls.placement == "pre_conv2":  # channels = the bottleneck's width, what conv2 reads
+    elif placement == "pre_conv2":  # channels = the bottleneck's width, what conv2 reads
         build["pre_conv2_op"] = lambda s, i, c: cls(channels=c, **kwargs)
-    elif cls.placement == "conv2":
+    elif placement == "conv2":
         build["conv2_op"] = lambda s, i, cin, cout, stride: cls(
             in_channels=cin, out_channels=cout, stride=stride, **kwargs)
-    elif cls.placement == "stage":
+    elif placement == "stage":
         build["stage_op"] = lambda p, c: cls(channels=c, **kwargs)
         build["stages"] = tuple(place["stages"])
     else:

@@ -63,6 +63,9 @@ class Fusion(nn.Module):
         rate: the dropout rate (only for kind="dropout").
     """
 
+    perm: torch.Tensor  # buffers, set by kind: the shuffle's channel order, the dropout's dense routing
+    dense: torch.Tensor
+
     def __init__(self, in_sizes: list[int], out_sizes: list[int], num_frames: int,
                  kind: str = "learned", rate: float | None = None):
         super().__init__()

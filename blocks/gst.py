@@ -14,6 +14,8 @@ of the pretrained 3x3 kernel; the temporal conv starts from Kaiming init.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -52,7 +54,7 @@ class GSTConv(nn.Module):
         yt = self.temporal(xt).transpose(1, 2).flatten(0, 1)  # back to (N*T, C', H', W')
         return torch.cat([self.spatial(xs), yt], dim=1)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # A torchvision checkpoint holds a full 3x3 kernel at `conv2.weight`: slice it as GST does.
         key = prefix + "weight"
         if key in state_dict:

@@ -16,11 +16,15 @@ import types
 import typing
 import warnings
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Callable, Literal, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar, Union
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
-_BLOCKS: dict[str, type] = {}
+BlockT = TypeVar("BlockT", bound="nn.Module")  # @register hands back the class it was given, type and all
+_BLOCKS: dict[str, type[nn.Module]] = {}
 _ORIGIN: dict[str, str] = {}
 ENTRY_POINT_GROUP = "harness.blocks"
 _plugins_loaded = False
@@ -54,12 +58,12 @@ PLACEMENTS = ("none", "residual", "pre_conv2", "conv2", "stage")
 STRUCTURAL = {"channels", "num_frames", "in_channels", "out_channels", "stride"}
 
 # Options the factory itself takes for a placement (not the block constructor), and their types.
-PLACEMENT_OPTIONS = {"stage": {"stages": (0, 1, 2, 3)}, "residual": {"every": None}}
+PLACEMENT_OPTIONS: dict[str, dict[str, Any]] = {"stage": {"stages": (0, 1, 2, 3)}, "residual": {"every": None}}
 PLACEMENT_OPTION_TYPES = {"stages": "tuple[int, ...]", "every": "int | None"}
 PLACEMENT_OPTION_HINTS = {"stages": tuple[int, ...], "every": int | None}
 
 
-def register(name: str, origin: str | None = None) -> Callable[[type], type]:
+def register(name: str, origin: str | None = None) -> Callable[[type[BlockT]], type[BlockT]]:
     """Class decorator: ``@register("tsm")``. A name registered twice is an error.
 
     ``origin`` defaults to "built-in", or to the package whose ``harness.blocks``
@@ -67,10 +71,10 @@ def register(name: str, origin: str | None = None) -> Callable[[type], type]:
     """
     origin = origin or _loading_origin or "built-in"
 
-    def deco(cls: type) -> type:
-        placement = getattr(cls, "placement", None)
-        if placement not in PLACEMENTS:
-            raise TypeError(f"block {name!r}: placement must be one of {PLACEMENTS}, got {placement!r}")
+    def deco(cls: type[BlockT]) -> type[BlockT]:
+        declared = getattr(cls, "placement", None)
+        if declared not in PLACEMENTS:
+            raise TypeError(f"block {name!r}: placement must be one of {PLACEMENTS}, got {declared!r}")
         if name in _BLOCKS:
             raise DuplicateBlock(f"block {name!r} is registered twice: by {_ORIGIN[name]} and by {origin}; "
                                  + _duplicate_fix(_ORIGIN[name], origin))
@@ -159,7 +163,7 @@ def available() -> list[str]:
     return sorted(_BLOCKS)
 
 
-def get(name: str) -> type:
+def get(name: str) -> type[nn.Module]:
     load_plugins()
     if name not in _BLOCKS:
         close = difflib.get_close_matches(name, _BLOCKS, n=1)
@@ -168,6 +172,12 @@ def get(name: str) -> type:
         broken = f" Plugins that failed to load: {'; '.join(failed)}" if failed else ""
         raise KeyError(f"unknown block {name!r}.{hint} Available: {', '.join(available())}.{broken}")
     return _BLOCKS[name]
+
+
+def placement(name: str) -> str:
+    """Where the ResNet calls block ``name``: one of :data:`PLACEMENTS`, as its class says (checked by
+    :func:`register`; ``nn.Module`` itself has no such attribute, hence the look-up by name)."""
+    return getattr(get(name), "placement")
 
 
 def origin(name: str) -> str:
@@ -183,7 +193,7 @@ def options(name: str) -> dict[str, Any]:
         for p in inspect.signature(cls.__init__).parameters.values()
         if p.name != "self" and p.name not in STRUCTURAL and p.kind is not p.VAR_KEYWORD
     }
-    opts.update(PLACEMENT_OPTIONS.get(cls.placement, {}))
+    opts.update(PLACEMENT_OPTIONS.get(placement(name), {}))
     return opts
 
 
@@ -254,7 +264,7 @@ def _matches(value: Any, hint: Any) -> bool:
     return True
 
 
-def _declared_at(cls: type) -> str:
+def _declared_at(cls: type[nn.Module]) -> str:
     """``file:line`` of a block's constructor, relative to the working folder when inside it."""
     try:
         file, line = inspect.getsourcefile(cls.__init__), inspect.getsourcelines(cls.__init__)[1]

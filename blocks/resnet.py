@@ -19,7 +19,7 @@ averaged over T (before any softmax).
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, Protocol, TypeGuard
 
 import torch
 from torch import nn
@@ -33,6 +33,22 @@ EXPANSION = 4
 ResidualOp = Callable[[int, int, int], nn.Module | None]  # (stage, index, channels)
 Conv2Op = Callable[[int, int, int, int, int], nn.Module | None]  # (stage, index, in, out, stride)
 StageOp = Callable[[int, int], nn.Module | None]  # (point, channels); point 0 = after stem
+
+
+class FusionLayer(Protocol):
+    """What the trainer and the profile read from a block's fusion layer (blocks.fusion.Fusion, or a plugin's
+    layer with the same methods): found by its ``interaction_loss``, so that the ResNet imports no block."""
+
+    learnable: bool
+
+    def interaction_loss(self) -> torch.Tensor: ...
+    def capacity_loss(self) -> torch.Tensor | None: ...
+    def ir_interactions(self, include_diagonal: bool = False) -> int: ...
+    def block_norms(self) -> torch.Tensor: ...
+
+
+def _is_fusion(module: nn.Module) -> TypeGuard[FusionLayer]:
+    return hasattr(module, "interaction_loss")
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -95,6 +111,12 @@ class VideoResNet(nn.Module):
         stages: the insertion points that ``stage_op`` fills (0 = after the stem, 1..3 = after layer1..3).
     """
 
+    # set with setattr, one per entry of depths (torchvision's names, which pretrained weights are keyed by)
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, depths: list[int], *, width: int = 64, num_classes: int = 1000,
                  num_frames: int = 8, dropout: float = 0.5, small_stem: int = 0,
                  residual_op: ResidualOp | None = None, conv2_op: Conv2Op | None = None,
@@ -102,6 +124,7 @@ class VideoResNet(nn.Module):
                  pre_conv2_op: ResidualOp | None = None):
         super().__init__()
         self.num_frames = num_frames
+        self.maxpool: nn.Module
         if small_stem:
             self.conv1 = nn.Conv2d(3, width, 3, stride=int(small_stem), padding=1, bias=False)
             self.maxpool = nn.Identity()
@@ -148,8 +171,9 @@ class VideoResNet(nn.Module):
         nn.init.zeros_(self.fc.bias)
         # Blocks come last: their own init (zero residuals, fixed fusion matrices) wins.
         for m in self.modules():
-            if m is not self and hasattr(m, "init_weights"):
-                m.init_weights()
+            init = getattr(m, "init_weights", None)  # a convention of blocks, not an nn.Module method
+            if m is not self and init is not None:
+                init()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N*T, 3, H, W) -> (N*T, C) pooled per-frame features."""
@@ -173,8 +197,8 @@ class VideoResNet(nn.Module):
         return self.forward_head(self.forward_features(clips.flatten(0, 1)), clips.shape[0])
 
     # --- what the trainer and the profile read from the fusion layers ---
-    def _fusions(self) -> list[nn.Module]:
-        return [m for m in self.modules() if hasattr(m, "interaction_loss")]
+    def _fusions(self) -> list[FusionLayer]:
+        return [m for m in self.modules() if _is_fusion(m)]
 
     def aux_losses(self) -> dict[str, torch.Tensor]:
         """L_interaction and L_capacity averaged over insertion stages (from the last forward)."""
@@ -182,8 +206,8 @@ class VideoResNet(nn.Module):
         if not fusions:
             return {}
         out = {"interaction": torch.stack([f.interaction_loss() for f in fusions]).mean()}
-        capacity = [f.capacity_loss() for f in fusions]
-        if all(c is not None for c in capacity):
+        capacity = [c for f in fusions if (c := f.capacity_loss()) is not None]
+        if len(capacity) == len(fusions):  # every stage has one
             out["capacity"] = torch.stack(capacity).mean()
         return out
 

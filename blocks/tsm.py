@@ -10,6 +10,8 @@ when layer3 has 23+ blocks (ResNet-101); ``every`` overrides it.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -34,12 +36,12 @@ class _TemporalShift(torch.autograd.Function):
     Autograd's own backward of the slices would allocate a zero-filled tensor per slice and sum them."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, num_frames: int, fold: int) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, num_frames: int, fold: int) -> torch.Tensor:
         ctx.num_frames, ctx.fold = num_frames, fold
         return _shift(x, num_frames, fold)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         return _shift(grad.contiguous(), ctx.num_frames, ctx.fold, back=True), None, None
 
 

@@ -26,6 +26,7 @@ the residual in ``harness profile``.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ from torch import nn
 from .fusion import Fusion
 from .registry import register
 
-Kernel = int | str  # 1 = identity, k > 1 = a conv with receptive field k, "pool" = the pooling branch
+Kernel = int | Literal["pool"]  # 1 = identity, k > 1 = a conv with receptive field k, "pool" = the pooling branch
 
 
 def rf_kernels(max_rf: int) -> list[Kernel]:
@@ -89,6 +90,8 @@ class SpatialBag(nn.Module):
 class TemporalConv(nn.Conv3d):
     """A (k, 1, 1) Conv3d applied to (N, C, T, H*W) as a (k, 1) conv2d: the same weights (and checkpoint
     keys) and the same result, but oneDNN's 2D kernel instead of the CPU's slow 3D fallback."""
+
+    padding: tuple[int, ...]  # TemporalBag always gives a tuple, never Conv3d's "same" / "valid"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight.squeeze(-1), None, 1, (self.padding[0], 0), (self.dilation[0], 1))

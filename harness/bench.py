@@ -14,18 +14,16 @@ and clock changes hit every block alike. No test asserts a time.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import platform
 import re
-import sys
 import tempfile
 import time
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -34,7 +32,7 @@ from torch.utils import benchmark
 import blocks
 
 from . import names
-from .config import Profile, Row, Study, load_study
+from .config import Data, Profile, Row, Study, TrainConfig, load_study
 from .profile import profile_row
 from .trial import TrialSpec
 
@@ -58,7 +56,7 @@ def saved_activation_bytes() -> Iterator[list[int]]:
         yield total
 
 
-def _step_fn(model: torch.nn.Module, clip: torch.Tensor):
+def _step_fn(model: torch.nn.Module, clip: torch.Tensor) -> Callable[[], None]:
     def step() -> None:
         model.zero_grad(set_to_none=True)
         model(clip).sum().backward()
@@ -103,13 +101,13 @@ def bench_blocks(rows: dict[str, Row], *, size: int = 112, frames: int = 8, batc
         step()
     times: dict[str, list[float]] = {name: [] for name in models}
     names = list(steps)
-    for r in range(repeats):
+    for repeat in range(repeats):
         # Interleaved, so drift hits every block alike, and rotated, so no block always runs first
         # or always follows the same neighbour (whose freed memory and cache it inherits).
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
             timer = benchmark.Timer(stmt="step()", globals={"step": steps[name]}, num_threads=threads)
             times[name].append(timer.timeit(1).median)
-        log.info("bench repeat %d/%d done", r + 1, repeats)
+        log.info("bench repeat %d/%d done", repeat + 1, repeats)
     out = []
     for name, row in rows.items():
         t = np.array(times[name])
@@ -140,18 +138,7 @@ def machine() -> str:
     return f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def _print(rows: list[dict], fmt: str, title: str) -> None:
-    if fmt == "json":
-        json.dump(rows, sys.stdout, indent=1)
-        print()
-        return
-    import pandas as pd
-
-    print(f"{title}\n")
-    print(pd.DataFrame(rows).round(3).to_markdown(index=False))
-
-
-def loader_rate(data, *, workers: int, batch_size: int, batches: int, seed: int = 0) -> float:
+def loader_rate(data: Data, *, workers: int, batch_size: int, batches: int, seed: int = 0) -> float:
     """Training-loader clips/s: decode, sample, augment and collate, nothing else."""
     from .data import build_loader
 
@@ -168,7 +155,7 @@ def loader_rate(data, *, workers: int, batch_size: int, batches: int, seed: int 
     return clips / (time.perf_counter() - start)
 
 
-def model_rate(cfg, *, batch_size: int, steps: int) -> float:
+def model_rate(cfg: TrainConfig, *, batch_size: int, steps: int) -> float:
     """Training clips/s of the profile's model on in-memory clips (forward, backward, SGD step)."""
     from .train import keep_freed_memory
 
@@ -382,76 +369,7 @@ def harness_markdown(r: dict[str, Any]) -> str:
             f"Same last-epoch val top-1 in both paths: {r['same_last_top1']}/{r['trials']} trials.\n")
 
 
-def main(args) -> int:
-    if args.bench_command == "blocks":
-        return _main_blocks(args)
-    if args.bench_command == "data":
-        return _main_data(args)
-    if args.bench_command == "harness":
-        from .errors import fail_config
-
-        try:
-            study, profile, trials = harness_trials(args.study, profile=args.profile, trials=args.trials,
-                                                    rows=tuple(args.rows.split(",")), epochs=args.epochs)
-        except Exception as exc:  # noqa: BLE001 - a config error is one line and exit 2
-            return fail_config(args.study, exc)
-        with redirect_stdout(sys.stderr):  # Ray Tune prints its configuration box to stdout
-            result = bench_harness(study, args.profile, profile, trials, concurrency=args.concurrency)
-        if args.format == "json":
-            json.dump(result, sys.stdout, indent=1)
-            print()
-        else:
-            print(f"Ray Tune + MLflow vs a plain loop ({machine()}).\n\n{harness_markdown(result)}")
-        return 0
-    if args.bench_command == "report":
-        from .files import write_atomic
-
-        sections = {Path(p).stem: Path(p).read_text(encoding="utf-8") for p in args.sections}
-        print(write_atomic(report_markdown(sections), args.out))
-        return 0
-    raise SystemExit(f"unknown bench {args.bench_command}")
-
-
-def _main_data(args) -> int:
-    """``harness bench data``: the laptop loader vs its model (and the decode cache), then the real formats."""
-    from .data import realsize, speed
-    from .train import keep_freed_memory
-
-    keep_freed_memory()  # as every training process sets it: a clip's MBs of frames are reused, not faulted in
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in ("laptop", *realsize.SPECS)]
-    real = [f for f in formats if f in realsize.SPECS]
-    if unknown or (args.root and len(real) != 1):
-        print(f"error: --formats: {'unknown ' + ', '.join(unknown) if unknown else 'one real format with --root'}; "
-              f"choose from laptop, {', '.join(realsize.SPECS)} (--root takes the files of one)", file=sys.stderr)
-        return 2
-    out: dict[str, Any] = {"machine": machine()}  # before the laptop bench sets the profile's threads
-    if "laptop" in formats:
-        out["laptop"] = bench_data(args.study, profile=args.profile, batches=args.batches, steps=args.steps)
-        out["laptop_epoch"] = laptop_epochs(args.study, profile=args.profile, rounds=args.epoch_rounds)
-    out["formats"] = []
-    for fmt in real:
-        root = Path(args.root) if args.root else realsize.ensure_set(fmt, Path(args.data_dir) / fmt, clips=args.clips)
-        ann = Path(args.annotations) if args.annotations else root
-        out["formats"].append(speed.bench_format(fmt, root, ann, seconds=args.seconds, rounds=args.rounds,
-                                                 gpu_rate=args.gpu_clips_per_s))
-    if args.format == "json":
-        json.dump(out, sys.stdout, indent=1)
-        print()
-        return 0
-    import pandas as pd
-
-    print(f"{out['machine']}.\n")
-    if "laptop" in out:
-        print(f"Training loader vs model, {args.study} ({args.profile} profile); goal: loader >= 1.5x model.\n")
-        print(pd.DataFrame(out["laptop"]).round(3).to_markdown(index=False) + "\n")
-        print(pd.DataFrame(out["laptop_epoch"]).round(3).to_markdown(index=False) + "\n")
-    if out["formats"]:
-        print(f"Real formats ({FRAMES_NOTE}); every rate one core, one thread, except the worker column.\n")
-        print(speed.formats_markdown(out["formats"]))
-    return 0
-
-
+# how `harness bench data` reads each real format (harness.data.speed)
 FRAMES_NOTE = "8 frames at 112 from a 128 short side, batch 8, train sampling and TSM multi-scale crop"
 
 
@@ -464,28 +382,6 @@ def report_markdown(sections: dict[str, str]) -> str:
             f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}\n- commit: {git_commit()}\n")
     body = "".join(f"\n## {name}\n\n{text.strip()}\n" for name, text in sections.items())
     return head + body
-
-
-def _main_blocks(args) -> int:
-    study = load_study(args.study)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda: no CUDA device here; use --device cpu", file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rows = bench_blocks(study.rows, size=args.size, frames=args.frames, batch=args.batch,
-                        device=args.device, repeats=args.repeats, num_classes=study.num_classes,
-                        default_malloc=args.default_malloc)
-    memory = "peak CUDA memory" if args.device == "cuda" else "activations saved for backward"
-    malloc = ("glibc's default malloc thresholds" if args.default_malloc
-              else "malloc set up as training sets it (harness.train.keep_freed_memory)")
-    _print(rows, args.format,
-           f"Forward+backward step, {args.frames}x{args.size}, batch {args.batch}, {args.device} "
-           f"({machine()}; {malloc}); median and IQR of {args.repeats} interleaved, rotated repeats; time_ratio = "
-           f"median of the per-repeat ratios against {rows[0]['row']}; memory_mb = {memory}.")
-    if args.format == "md":
-        print("\n" + "\n".join(block_goals(rows)))
-    return 0
 
 
 def block_goals(rows: list[dict[str, Any]]) -> list[str]:

@@ -8,11 +8,7 @@ plugin blocks installed through the ``harness.blocks`` entry point appear too.
 """
 from __future__ import annotations
 
-import json
-import sys
 from typing import Any
-
-import pandas as pd
 
 import blocks
 
@@ -23,7 +19,7 @@ def describe(name: str) -> dict[str, Any]:
     return {
         "block": name,
         "origin": blocks.origin(name),
-        "placement": cls.placement,
+        "placement": blocks.placement(name),
         "summary": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
         "options": [{"name": k, "type": types[k], "default": _jsonable(v)} for k, v in defaults.items()],
     }
@@ -34,6 +30,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def catalog(with_profile: bool = False) -> list[dict[str, Any]]:
+    """:func:`describe` of every available block; ``with_profile`` adds params and GFLOPs at 8x112 on ResNet-50."""
     entries = [describe(name) for name in blocks.available()]
     if with_profile:
         from .config import Row
@@ -44,20 +41,3 @@ def catalog(with_profile: bool = False) -> list[dict[str, Any]]:
             entry["params"] = prof["params"]
             entry["gflops_8x112"] = round(prof["gflops"]["112"], 3)
     return entries
-
-
-def main(args) -> int:
-    entries = catalog(args.profile)
-    if args.format == "json":
-        json.dump(entries, sys.stdout, indent=1)
-        print()
-        return 0
-    table = pd.DataFrame([{
-        "block": e["block"], "from": e["origin"], "placement": e["placement"],
-        "options": ", ".join(f"{o['name']}={o['default']!r}" for o in e["options"]) or "-",
-        **({"params": e["params"], "GFLOPs 8x112": e["gflops_8x112"]} if args.profile else {}),
-    } for e in entries])
-    print(table.to_markdown(index=False))
-    if args.profile:
-        print("\nParams and GFLOPs on ResNet-50, 174 classes, 8 frames at 112x112 (fvcore, 1 multiply-add = 1 FLOP).")
-    return 0

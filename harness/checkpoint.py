@@ -124,7 +124,7 @@ def set_generator_states(loader: Any, states: dict[str, torch.Tensor]) -> None:
 
 
 def _generators(loader: Any) -> dict[str, torch.Generator]:
-    found = {}
+    found: dict[str, torch.Generator] = {}
     for name, owner in (("loader", loader), ("sampler", getattr(loader, "sampler", None)),
                         ("batch_sampler", getattr(loader, "batch_sampler", None))):
         gen = getattr(owner, "generator", None)

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 # The synthetic generator's full ranges (harness.data.synth draws from them): object side / frame side and
 # displacement per frame / frame side. Defined here, as the schema's defaults; synth imports them.
@@ -157,6 +157,11 @@ class Backbone(Strict):
 Range = tuple[float, float]  # [min, max]
 
 
+def _field_name(info: ValidationInfo) -> str:
+    """The field a field validator is checking (pydantic always names it there)."""
+    return info.field_name or ""
+
+
 def _check_range(name: str, r: Range, upper: float) -> Range:
     if not 0 < r[0] <= r[1] <= upper:
         raise ValueError(f"{name} must be [min, max] with 0 < min <= max <= {upper:g}, got {list(r)}")
@@ -188,8 +193,9 @@ class Synth(Strict):
 
     @field_validator("train_size", "val_size", "train_speed", "val_speed")
     @classmethod
-    def _ordered(cls, r: Range, info) -> Range:
-        return _check_range(info.field_name, r, 1.0 if info.field_name.endswith("size") else 0.5)
+    def _ordered(cls, r: Range, info: ValidationInfo) -> Range:
+        name = _field_name(info)
+        return _check_range(name, r, 1.0 if name.endswith("size") else 0.5)
 
 
 class Buckets(Strict):
@@ -205,8 +211,8 @@ class Buckets(Strict):
 
     @field_validator("size", "speed")
     @classmethod
-    def _ordered(cls, r: Range, info) -> Range:
-        return _check_range(f"buckets.{info.field_name}", r, 1.0)
+    def _ordered(cls, r: Range, info: ValidationInfo) -> Range:
+        return _check_range(f"buckets.{_field_name(info)}", r, 1.0)
 
 
 class Data(Strict):
@@ -399,8 +405,9 @@ class Regime(Strict):
 
     @field_validator("train_size", "val_size", "train_speed", "val_speed")
     @classmethod
-    def _ordered(cls, r: Range | None, info) -> Range | None:
-        return None if r is None else _check_range(info.field_name, r, 1.0 if "size" in info.field_name else 0.5)
+    def _ordered(cls, r: Range | None, info: ValidationInfo) -> Range | None:
+        name = _field_name(info)
+        return None if r is None else _check_range(name, r, 1.0 if "size" in name else 0.5)
 
     def data(self, data: Data, name: str) -> Data:
         """The profile's ``data`` with this regime's ranges and its own synth root."""
@@ -448,7 +455,8 @@ class SearchParam(Strict):
 
     def values(self) -> list[Any]:
         """Values a check can try: every choice, the ends of a range, and 0 with ``or_zero``."""
-        return list(self.choice or self.loguniform or self.uniform) + ([0.0] if self.or_zero else [])
+        given = self.choice or self.loguniform or self.uniform or []  # exactly one is set (_one_kind)
+        return list(given) + ([0.0] if self.or_zero else [])
 
 
 class SearchBudget(Strict):
@@ -588,7 +596,7 @@ class Study(Strict):
 
     @field_validator("search")
     @classmethod
-    def _search_fits_the_study(cls, search: Search | None, info) -> Search | None:
+    def _search_fits_the_study(cls, search: Search | None, info: ValidationInfo) -> Search | None:
         if search is not None and "rows" in info.data and "profiles" in info.data:
             check_search(search, info.data["rows"], info.data["profiles"])
         return search
@@ -742,9 +750,10 @@ def _merge(base: Any, child: dict[str, Any]) -> dict[str, Any]:
             and "pretrained" not in c:  # one path names the base arch's weights, not the new arch's
         merged["backbone"]["pretrained"] = {b.get("arch", "resnet50"): b["pretrained"]}
     changed = set(child["recipe"]) if isinstance(child.get("recipe"), dict) else set()
-    own = child.get("provenance") if isinstance(child.get("provenance"), dict) else {}
+    own = child.get("provenance")
+    own_keys = set(own) if isinstance(own, dict) else set()
     if isinstance(merged.get("provenance"), dict):  # a changed recipe value's source is the child's to give
-        merged["provenance"] = {k: v for k, v in merged["provenance"].items() if k not in changed or k in own}
+        merged["provenance"] = {k: v for k, v in merged["provenance"].items() if k not in changed or k in own_keys}
     return merged
 
 
@@ -796,7 +805,7 @@ class _NoDuplicateKeys(yaml.SafeLoader):
     """safe_load that refuses a key given twice (YAML would keep the last one silently)."""
 
 
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)

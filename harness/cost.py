@@ -152,10 +152,10 @@ def trial_cost(plan: TrialPlan, slot: Slot) -> TrialCost:
 
 def concurrency(slot: Slot, cluster: Cluster) -> int | None:
     """Trials the cluster runs at once: what its GPUs, CPUs and ``max_concurrent`` allow; None if unknown."""
-    if slot.gpu > 0 and cluster.gpus is None:
-        return None  # a GPU profile on a cluster of unknown GPUs: its CPUs alone do not say
     limits = []
     if slot.gpu > 0:
+        if cluster.gpus is None:
+            return None  # a GPU profile on a cluster of unknown GPUs: its CPUs alone do not say
         limits.append(math.floor(cluster.gpus / (slot.workers * slot.gpu) + 1e-9))
     if cluster.cpus is not None:
         limits.append(math.floor(cluster.cpus / (slot.workers * slot.cpu) + 1e-9))
@@ -188,9 +188,10 @@ def study_cost(plans: list[TrialPlan], slot: Slot, cluster: Cluster, notes: list
     """The cost of every trial and of the study on ``cluster``."""
     trials = [trial_cost(p, slot) for p in plans]
     at_once = concurrency(slot, cluster)
-    timed = all(t.seconds is not None for t in trials)
-    hours = sum(t.device_hours for t in trials) if timed else None  # type: ignore[misc]
-    wall = makespan([t.seconds for t in trials], at_once) if timed and at_once else None  # type: ignore[misc]
+    seconds = [t.seconds for t in trials if t.seconds is not None]
+    timed = len(seconds) == len(trials)  # a rate for every trial (seconds and hours are set together)
+    hours = sum(t.device_hours for t in trials if t.device_hours is not None) if timed else None
+    wall = makespan(seconds, at_once) if timed and at_once else None
     return StudyCost(trials, slot, cluster, at_once, waves(len(trials), at_once), sum(t.steps for t in trials),
                      hours, wall, list(notes or []))
 
@@ -296,14 +297,16 @@ def format_cost(cost: StudyCost) -> str:
     if cost.device_hours is None:
         lines.append("  hours: no throughput; pass --throughput CLIPS_PER_S or a `harness bench blocks --device "
                      "cuda --format json` file, or set the profile's throughput")
-    else:
-        per = f"; {_hours(first.device_hours)} per trial ({_h(first.seconds)})" if same else ""
+    else:  # the study has hours, so every trial has its seconds and hours
+        timed = [(t, t.seconds, t.device_hours) for t in cost.trials
+                 if t.seconds is not None and t.device_hours is not None]
+        _, seconds, hours = timed[0]
+        per = f"; {_hours(hours)} per trial ({_h(seconds)})" if same else ""
         wall = f"; wall time {_h(cost.wall_seconds)}" if cost.wall_seconds is not None else ""
         lines.append(f"  {unit}: {_hours(cost.device_hours)}{per}{wall}")
         if not same:
             lines += ["", "| trial | steps | hours | " + unit + " |", "|---|---:|---:|---:|"]
-            lines += [f"| {t.key} | {_n(t.steps)} | {t.seconds / 3600:,.2f} | {t.device_hours:,.2f} |"
-                      for t in cost.trials]
+            lines += [f"| {t.key} | {_n(t.steps)} | {s / 3600:,.2f} | {h:,.2f} |" for t, s, h in timed]
             lines.append("")
     lines += [f"  {note}" for note in cost.notes]
     lines.append(f"  model: validation forward-only at {EVAL_COST:.2f} of a training clip's time; data loading, "

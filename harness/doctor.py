@@ -134,6 +134,12 @@ def _frames(n: int = 8, size: int = 64) -> Any:
     return frames
 
 
+# The clips the video decoders are tried on: codec, file, container, PyAV encoder and its options.
+TEST_CLIPS: tuple[tuple[str, str, str, Literal["libvpx-vp9", "libx264"], dict[str, object]], ...] = (
+    ("vp9", "clip.webm", "webm", "libvpx-vp9", {"deadline": "realtime", "cpu-used": "8"}),
+    ("h264", "clip.mp4", "mp4", "libx264", {"preset": "ultrafast"}))
+
+
 def write_test_media(folder: Path) -> dict[str, Path | str]:
     """A VP9 webm, an H.264 mp4 (PyAV) and a folder of JPEG frames (Pillow); a codec that cannot be
     written maps to the reason instead of a path."""
@@ -142,9 +148,7 @@ def write_test_media(folder: Path) -> dict[str, Path | str]:
 
     frames = _frames()
     out: dict[str, Path | str] = {}
-    for codec, name, fmt, encoder, options in (
-            ("vp9", "clip.webm", "webm", "libvpx-vp9", {"deadline": "realtime", "cpu-used": "8"}),
-            ("h264", "clip.mp4", "mp4", "libx264", {"preset": "ultrafast"})):
+    for codec, name, fmt, encoder, options in TEST_CLIPS:
         path = folder / name
         try:
             with av.open(str(path), "w", format=fmt) as c:
@@ -207,9 +211,10 @@ def decoder_checks(needed: set[str] | None) -> list[Check]:
         decord = None
     with tempfile.TemporaryDirectory(prefix="harness-doctor-") as tmp:
         media = write_test_media(Path(tmp))
-        readers = [("pyav", av.__version__, _pyav_frames, ("vp9", "h264"))]
-        readers.insert(0, ("decord", decord.__version__ if decord else None, _decord_frames, ("vp9", "h264")))
-        readers.append(("pillow", PIL.__version__, _pillow_frames, ("jpeg",)))
+        readers: list[tuple[str, str | None, Callable[[Path], int], tuple[str, ...]]] = [
+            ("decord", decord.__version__ if decord else None, _decord_frames, ("vp9", "h264")),
+            ("pyav", av.__version__, _pyav_frames, ("vp9", "h264")),
+            ("pillow", PIL.__version__, _pillow_frames, ("jpeg",))]
         return [_decoder_check(name, version, read, codecs, media, needed)
                 for name, version, read, codecs in readers]
 
@@ -218,13 +223,16 @@ def _decoder_check(name: str, version: str | None, read: Callable[[Path], int], 
                    media: dict[str, Path | str], needed: set[str] | None) -> Check:
     if version is None:
         return Check("fail", name, "not installed", "pip install -e . (pyproject.toml pins it)")
-    good, bad, unchecked = [], [], []
+    good: list[str] = []
+    bad: list[str] = []
+    unchecked: list[str] = []
     for codec in codecs:
-        if isinstance(media[codec], str):
-            unchecked.append(media[codec])
+        clip = media[codec]
+        if isinstance(clip, str):  # the reason it could not be written
+            unchecked.append(clip)
             continue
         try:
-            n = read(media[codec])
+            n = read(clip)
             (good if n == 8 else bad).append(CODEC_NAMES[codec] + ("" if n == 8 else f" ({n} of 8 frames)"))
         except Exception as exc:  # noqa: BLE001 - the decoder's own words are the finding
             bad.append(f"{CODEC_NAMES[codec]} ({str(exc).splitlines()[0][:120]})")
@@ -269,12 +277,12 @@ def ray_checks(address: str | None, start_local: bool, shared: list[str]) -> tup
 
     if not address and not start_local:  # the installed version, without importing Ray (a second or more)
         try:
-            found = version("ray")
+            installed = version("ray")
         except PackageNotFoundError:
             return [Check("fail", "ray", "not installed", "pip install -e . (pyproject.toml pins it)")], \
                 RayInfo(0, 0, "this machine")
         cpus, gpus = local_resources()
-        return [Check("ok", "ray", f"{found}; not started (--ray starts one): a local Ray would get "
+        return [Check("ok", "ray", f"{installed}; not started (--ray starts one): a local Ray would get "
                                    f"{cpus:g} CPUs, {gpus:g} GPUs")], RayInfo(cpus, gpus, "this machine")
     from harness.tune.session import probe_cluster
 
@@ -614,11 +622,3 @@ def report(checks: list[Check], seconds: float) -> str:
     verdict = "ready" if not fails else "not ready"
     return "\n".join([*(c.line() for c in checks), "",
                       f"{verdict}: {fails} failure(s), {warns} warning(s) in {seconds:.1f} s"])
-
-
-def main(args: Any) -> int:
-    """``harness doctor [--study S [--profile P]] [--address A] [--ray]``: 0 when no FAIL, else 1."""
-    t0 = time.perf_counter()
-    checks = run_checks(args.study, args.profile, args.address, args.ray)
-    print(report(checks, time.perf_counter() - t0))
-    return 1 if any(c.level == "fail" for c in checks) else 0

@@ -7,6 +7,7 @@ import errno
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -35,10 +36,16 @@ def setup_error(exc: BaseException) -> str | None:
     registry = sys.modules.get("blocks.registry")  # imported by whatever raised it; never imported here
     if registry is None:
         return None
-    causes = [exc]
+    causes: list[object] = [exc]
     if isinstance(exc, ValidationError):
         causes += [(e.get("ctx") or {}).get("error") for e in exc.errors()]
     return next((str(c) for c in causes if isinstance(c, registry.DuplicateBlock)), None)
+
+
+def _named_keys(cause: object) -> tuple[Any, ...] | None:
+    """The key path a ConfigError (or PreflightError) names, when pydantic wrapped one as ``cause``."""
+    keys = getattr(cause, "keys", None)
+    return keys if isinstance(keys, tuple) else None
 
 
 def summary(exc: BaseException) -> str:
@@ -47,8 +54,9 @@ def summary(exc: BaseException) -> str:
         err = exc.errors()[0]
         keys = tuple(k for k in err["loc"] if not str(k).startswith("function-"))
         cause = (err.get("ctx") or {}).get("error")
-        if isinstance(getattr(cause, "keys", None), tuple):  # a ConfigError names the key under the loc
-            keys, msg = keys + cause.keys, getattr(cause, "message", str(cause))
+        named = _named_keys(cause)
+        if named is not None:  # a ConfigError names the key under the loc
+            keys, msg = keys + named, getattr(cause, "message", str(cause))
         else:
             msg = err["msg"].removeprefix("Value error, ")
         return f"{'.'.join(map(str, keys)) or '(top level)'}: {msg}"
@@ -86,8 +94,9 @@ def _validation(path: str | Path, exc: ValidationError) -> str:
     err = exc.errors()[0]
     keys = tuple(k for k in err["loc"] if not str(k).startswith("function-"))
     cause = (err.get("ctx") or {}).get("error")
-    if isinstance(getattr(cause, "keys", None), tuple):  # a ConfigError: the key it names, under the loc
-        return _at(path, keys + cause.keys, getattr(cause, "message", str(cause)))
+    named = _named_keys(cause)
+    if named is not None:  # a ConfigError: the key it names, under the loc
+        return _at(path, keys + named, getattr(cause, "message", str(cause)))
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = _unknown_key(exc.title, keys)
@@ -101,8 +110,8 @@ def describe(path: str | Path, exc: BaseException) -> str:
         return setup
     if isinstance(exc, ValidationError):
         return _validation(path, exc)
-    keys = getattr(exc, "keys", None)
-    if isinstance(keys, tuple):  # a ConfigError or PreflightError: a key path and a message
+    keys = _named_keys(exc)
+    if keys is not None:  # a ConfigError or PreflightError: a key path and a message
         return _at(path, keys, getattr(exc, "message", str(exc)))
     if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
         problem = exc.problem or exc.context or "invalid YAML"
@@ -122,7 +131,7 @@ def fail_config(path: str | Path, exc: BaseException) -> int:
 
 # ----------------------------------------------------------------------------- environment faults
 
-_HINTS = {
+_HINTS: dict[int | None, str] = {  # by errno (None: an OSError raised without one)
     errno.ENOSPC: "free disk space",
     errno.EDQUOT: "free disk space (quota exceeded)",
     errno.EACCES: "make it writable or run from another folder",

@@ -139,19 +139,19 @@ def study_cost(study: Study, profile: Profile, trials: Sequence[Any], cluster: c
                throughput: str | float | None = None,
                profiles: Mapping[str, Mapping[str, Any]] | None = None) -> cost.StudyCost | str:
     """The cost of ``trials`` (a grid plan's, :mod:`harness.study.grid`) on ``cluster``, or why it cannot be given."""
-    sizes: dict[tuple, Sizes | None] = {}
+    sizes: dict[tuple, Sizes] = {}
     plans, notes = [], []
     rate, rate_notes = rates(trials, throughput, profile, profiles)
     for t in trials:
         d = t.config.data
         key = (d.format, d.root, d.annotations, d.synth.model_dump_json() if d.synth else None)
         if key not in sizes:
-            sizes[key] = split_sizes(d)
-            if sizes[key] is None:
+            found = split_sizes(d)
+            if found is None:
                 return (f"cost: split sizes of {d.format} data at {d.root} unknown (the data is not here and the "
                         "format has no published sizes); run it where the data is")
-            notes.append(f"split sizes: {d.format} {sizes[key][0]:,} train / {sizes[key][1]:,} val "
-                         f"({sizes[key][2]})")
+            sizes[key] = found
+            notes.append(f"split sizes: {d.format} {found[0]:,} train / {found[1]:,} val ({found[2]})")
         train, val, _ = sizes[key]
         plans.append(cost.TrialPlan(t.key, t.config.recipe.epochs, t.config.recipe.batch_size, train, val,
                                     d.test_clips * d.test_crops, rate(t)))

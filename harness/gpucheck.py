@@ -42,7 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from .config import Study
+    from .train.setup import Setup as TrialSetup
 
 NO_CUDA = "error: no CUDA device: run this on a GPU machine (or --device cpu --tiny for its CPU-safe parts)"
 
@@ -81,7 +85,7 @@ class StepResult:
 class Setup:
     """What every section runs with: the study, its profile (paper, or laptop with --tiny), device and sizes."""
 
-    study: Any
+    study: Study
     profile: str
     device: str
     batch: int
@@ -135,13 +139,16 @@ def train_row(setup: Setup, row: str, num_classes: int) -> StepResult:
         torch.cuda.reset_peak_memory_stats()
     model = train.create_model(cfg, num_classes).to(device)
     if cuda:
-        model = model.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format (torch's docs); its typed overloads leave it out
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     groups = train.param_groups(model, cfg.recipe, from_imagenet=True)  # the paper profile starts from ImageNet
     optimizer = torch.optim.SGD(groups, lr=cfg.recipe.effective_lr, momentum=cfg.recipe.momentum,
                                 weight_decay=cfg.recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, train.lr_lambda(cfg.recipe, setup.steps))
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    trial = SimpleNamespace(cfg=cfg, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    # optimizer_step reads only these five of a trial's Setup; the check has no loaders to build one from
+    trial = cast("TrialSetup", SimpleNamespace(cfg=cfg, model=model, optimizer=optimizer, scheduler=scheduler,
+                                          scaler=scaler))
     before = [p.detach().clone() for p in model.parameters()]
     losses, times = [], []
     shape = (setup.batch, setup.frames, 3, setup.size, setup.size)
@@ -151,7 +158,8 @@ def train_row(setup: Setup, row: str, num_classes: int) -> StepResult:
         start = time.perf_counter()
         with train.autocast(device, amp):
             logits = model(clips)
-        aux = model.aux_losses() if hasattr(model, "aux_losses") else {}
+        aux_losses = getattr(model, "aux_losses", None)  # the VideoResNet's; nn.Module has none
+        aux = aux_losses() if aux_losses is not None else {}
         loss, _ = train.compute_loss(logits, labels, aux, alpha=cfg.recipe.alpha, beta=cfg.recipe.beta)
         losses.append(float(loss.detach()))
         if not math.isfinite(losses[-1]):
@@ -290,7 +298,7 @@ def run_ddp(cfg_json: dict[str, Any], num_classes: int, *, backend: str, world: 
                                                      queue)) for r in range(world)]
         for p in procs:
             p.start()
-        answers = []
+        answers: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
         while len(answers) < world and time.monotonic() < deadline:
             try:
@@ -425,8 +433,50 @@ def _timed(run: Any) -> Any:
     return out
 
 
+def setup_for(study_path: str, *, device: str, tiny: bool = False, batch: int | None = None,
+              steps: int = 3) -> Setup:
+    """The study's paper profile at 8x112, batch 8 (``batch`` overrides); ``tiny``: its laptop profile's backbone
+    and input, batch 2, the CPU-safe parts in seconds."""
+    from .config import load_study
+
+    study = load_study(study_path)
+    if tiny:
+        data = study.profiles["laptop"].data
+        return Setup(study, "laptop", device, batch or 2, steps, data.frames, data.size)
+    return Setup(study, "paper", device, batch or 8, steps)
+
+
+def run_sections(setup: Setup, *, skip: set[str], repeats: int) -> list[Section]:
+    """Train and eval every row, then DDP (Ray Train's path unless ``ray`` is skipped) and the block bench."""
+    steps, _ = _timed(lambda: train_section(setup))
+    sections = [steps]
+    rows = list(setup.study.rows)
+    ddp_row = next((r for r in rows if setup.study.rows[r].block == "vps"), rows[0])
+    if "ddp" not in skip:
+        sections.append(_guarded("ddp", lambda: ddp_section(setup, ddp_row, "ray" not in skip)))
+    if "bench" not in skip:
+        sections.append(_guarded("bench blocks", lambda: bench_section(setup, repeats)))
+    return sections
+
+
+def _guarded(name: str, run: Any) -> Section:
+    """A section that crashes fails with its traceback in the report instead of ending the run."""
+    start = time.perf_counter()
+    try:
+        section = run()
+    except Exception:  # noqa: BLE001 - written into the report
+        section = Section(name, False, f"```\n{traceback.format_exc()[-3000:]}```")
+    section.seconds = time.perf_counter() - start
+    return section
+
+
+# ----------------------------------------------------------------------------- python -m harness.gpucheck
+# Its own entry point rather than a `harness` sub-command: `make gpu-check` runs it on a GPU machine, and its flags
+# are read here, next to the sections they choose.
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m harness.gpucheck", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m harness.gpucheck", description=(__doc__ or "").splitlines()[0])
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--tiny", action="store_true",
                    help="the laptop profile's tiny backbone at 4x28, batch 2: the CPU-safe parts in seconds")
@@ -443,17 +493,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def setup_from(args: argparse.Namespace) -> Setup:
-    from .config import load_study
-
-    study = load_study(args.study)
-    if args.tiny:
-        data = study.profiles["laptop"].data
-        return Setup(study, "laptop", args.device, args.batch or 2, args.steps, data.frames, data.size)
-    return Setup(study, "paper", args.device, args.batch or 8, args.steps)
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Run the sections, write the report to ``--out`` and print it: 0 all passed, 1 one failed, 2 no CUDA."""
     args = parse_args(argv)
     import torch
 
@@ -464,33 +505,15 @@ def main(argv: list[str] | None = None) -> int:
     from .tracking import git_commit
 
     start = time.perf_counter()
-    setup = setup_from(args)
+    setup = setup_for(args.study, device=args.device, tiny=args.tiny, batch=args.batch, steps=args.steps)
     skip = set(args.skip) | ({"ray", "bench"} if args.tiny else set())
-    steps, _ = _timed(lambda: train_section(setup))
-    sections = [steps]
-    rows = list(setup.study.rows)
-    ddp_row = next((r for r in rows if setup.study.rows[r].block == "vps"), rows[0])
-    if "ddp" not in skip:
-        sections.append(_guarded("ddp", lambda: ddp_section(setup, ddp_row, "ray" not in skip)))
-    if "bench" not in skip:
-        sections.append(_guarded("bench blocks", lambda: bench_section(setup, args.repeats)))
+    sections = run_sections(setup, skip=skip, repeats=args.repeats)
     text = render(device_line(args.device), sections, commit=git_commit(), wall_s=time.perf_counter() - start,
                   tiny=args.tiny)
     path = write_atomic(text, args.out)
     print(text)
     print(f"written to {path}")
     return 0 if all(s.ok for s in sections) else 1
-
-
-def _guarded(name: str, run: Any) -> Section:
-    """A section that crashes fails with its traceback in the report instead of ending the run."""
-    start = time.perf_counter()
-    try:
-        section = run()
-    except Exception:  # noqa: BLE001 - written into the report
-        section = Section(name, False, f"```\n{traceback.format_exc()[-3000:]}```")
-    section.seconds = time.perf_counter() - start
-    return section
 
 
 if __name__ == "__main__":

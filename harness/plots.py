@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import textwrap
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Sequence
 
 import numpy as np
@@ -33,7 +34,8 @@ from harness.files import write_atomic
 from harness.probe import SIZE_NAMES, SPEED_NAMES
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
+    """matplotlib.pyplot on the Agg backend: files only, no display needed."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -10,12 +10,11 @@ backbone, blocks and head.
 """
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import time
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -24,7 +23,10 @@ import blocks
 from blocks.fusion import Fusion
 
 from . import paper
-from .config import Row, Study, load_study
+from .config import Row, Study
+
+if TYPE_CHECKING:
+    from fvcore.nn import FlopCountAnalysis
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ ZERO_COST_OPS = {
 }
 
 
-def _flops(model: torch.nn.Module, clip: torch.Tensor):
+def _flops(model: torch.nn.Module, clip: torch.Tensor) -> FlopCountAnalysis:
     from fvcore.nn import FlopCountAnalysis
 
     analysis = FlopCountAnalysis(model, clip)
@@ -137,25 +139,37 @@ def paper_input(study: Study, row: str) -> tuple[int, int]:
     return PAPER_FRAMES, PAPER_SIZE
 
 
-def profile_row(row: Row, *, num_classes: int, frames: int = 8,
-                sizes: list[int] | tuple[int, ...] = (112, 224)) -> dict[str, Any]:
+def profile_row(row: Row, *, num_classes: int, frames: int = 8, sizes: Sequence[int] = (112, 224)) -> dict[str, Any]:
     """Params and GFLOPs of one row on its paper backbone (ResNet-50 unless the row says 101), with ``frames``."""
     options = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in row.options.items()))
     result = _profile(row.block, options, row.backbone, num_classes, frames, tuple(sizes))
     return {**result, "gflops": dict(result["gflops"])}
 
 
-def profile_study(study: Study, *, frames: int = 8, sizes: list[int] = (112, 224)) -> list[dict]:
+def profile_study(study: Study, *, frames: int = 8, sizes: Sequence[int] = (112, 224)) -> list[dict[str, Any]]:
+    """:func:`profile_row` of every row, each with its name, block and backbone."""
     out = []
+    begin = time.perf_counter()
     for name, row in study.rows.items():
         start = time.perf_counter()
         prof = profile_row(row, num_classes=study.num_classes, frames=frames, sizes=sizes)
         log.info("profiled %-20s in %.1f s", name, time.perf_counter() - start)
         out.append({"row": name, "block": row.block, "backbone": row.backbone, **prof})
+    log.info("profiled %d rows in %.1f s", len(out), time.perf_counter() - begin)
     return out
 
 
-def to_frame(profiles: list[dict], paper: pd.DataFrame, sizes: list[int]) -> pd.DataFrame:
+def study_table(study: Study, profiles: list[dict[str, Any]], sizes: Sequence[int]) -> pd.DataFrame:
+    """:func:`to_frame` against the study's paper figures (``results/paper/``)."""
+    return to_frame(profiles, paper.figures(study), sizes)
+
+
+def skipped_ops(profiles: list[dict[str, Any]]) -> list[str]:
+    """Every op fvcore skipped in any of the profiled rows, sorted."""
+    return sorted({op for p in profiles for op in p["skipped_ops"]})
+
+
+def to_frame(profiles: list[dict[str, Any]], paper: pd.DataFrame, sizes: Sequence[int]) -> pd.DataFrame:
     """One row per study row: measured figures, each next to the paper's where it gives one."""
     rows = []
     for p in profiles:
@@ -192,7 +206,7 @@ SPLIT = ("params_backbone", "params_blocks", "params_head")
 
 
 def to_markdown(frame: pd.DataFrame, skipped: list[str], frames: int, classes: int,
-                sizes: list[int] | tuple[int, ...] = (112, 224)) -> str:
+                sizes: Sequence[int] = (112, 224)) -> str:
     # every row has `frames` here: the convention line states it once
     main_cols = [c for c in frame.columns
                  if c not in (*SPLIT, "frames") and not c.startswith("gflops_per_frame")]
@@ -209,27 +223,3 @@ def to_markdown(frame: pd.DataFrame, skipped: list[str], frames: int, classes: i
              f"Ops fvcore skipped that may hide real work (not counted above): "
              f"{', '.join(op for op in skipped if op not in ZERO_COST_OPS) or 'none'}."]
     return "\n".join(lines)
-
-
-def main(args) -> int:
-    from .errors import fail_config
-
-    try:
-        study = load_study(args.study)
-    except Exception as exc:  # noqa: BLE001 - every config error becomes one line
-        return fail_config(args.study, exc)
-    start = time.perf_counter()
-    profiles = profile_study(study, frames=args.frames, sizes=args.size)
-    log.info("profiled %d rows in %.1f s", len(profiles), time.perf_counter() - start)
-    if args.format == "json":
-        json.dump(profiles, sys.stdout, indent=1)
-        print()
-        return 0
-    frame = to_frame(profiles, paper.figures(study), args.size)
-    if args.format == "csv":
-        print(frame.to_csv(index=False), end="")
-        return 0
-    skipped = sorted({op for p in profiles for op in p["skipped_ops"]})
-    print(f"# {study.name}: params and GFLOPs on the paper backbone\n")
-    print(to_markdown(frame, skipped, args.frames, study.num_classes, args.size))
-    return 0

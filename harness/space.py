@@ -29,7 +29,7 @@ def distributions(search: Search) -> dict[str, Any]:
             out[f"{name}_log"] = FloatDistribution(*p.loguniform, log=True)
         elif p.loguniform is not None:
             out[name] = FloatDistribution(*p.loguniform, log=True)
-        else:
+        elif p.uniform is not None:  # one of the three is always set (SearchParam._one_kind)
             out[name] = FloatDistribution(*p.uniform)
     return out
 

@@ -89,7 +89,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
-from scipy import stats  # type: ignore[import-untyped]  # scipy ships no type information
+from scipy import stats  # no type information: [tool.mypy] ignore_missing_imports
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]

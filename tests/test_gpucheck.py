@@ -22,7 +22,7 @@ def test_tiny_cpu_run_trains_and_evaluates_every_table1_row(tmp_path, capsys):
 
 
 def test_ddp_gloo_over_two_cpu_ranks_keeps_the_ranks_identical(tmp_path):
-    setup = gpucheck.setup_from(gpucheck.parse_args(["--device", "cpu", "--tiny"]))
+    setup = gpucheck.setup_for("studies/table1.yaml", device="cpu", tiny=True)
     cfg = gpucheck.row_config(setup, "Ours").model_dump(mode="json")
     out = gpucheck.run_ddp(cfg, setup.study.num_classes, backend="gloo", world=2, device="cpu", steps=2)
     assert out["ok"], out["detail"]
@@ -53,7 +53,7 @@ def test_bench_section_reads_back_as_a_bench_report(monkeypatch):
             {"row": "Ours", "block": "vps", "median_s": 0.05, "time_ratio": 1.25, "flops_ratio": 1.096},
             {"row": "TSN (control)", "block": "tsn", "median_s": 0.04, "time_ratio": 1.0, "flops_ratio": 1.0}]
     monkeypatch.setattr("harness.bench.bench_blocks", lambda *a, **k: rows)
-    setup = gpucheck.setup_from(gpucheck.parse_args(["--device", "cpu"]))
+    setup = gpucheck.setup_for("studies/table1.yaml", device="cpu")
     section = gpucheck.bench_section(setup, repeats=3)
     report = gpucheck.render("cuda: test", [section], commit="abc", wall_s=1.0, tiny=False)
     got = cost.parse_bench(report)

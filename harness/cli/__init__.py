@@ -1,7 +1,11 @@
 """The ``harness`` command: parse, call one function, exit with its code.
 
-Heavy modules (torch, Ray, MLflow) are imported only by the sub-command that
-needs them, so ``harness --help`` and config errors answer in a second.
+Each sub-command names its handler as ``target="module:function"``; the
+handlers live beside this file (``commands``: run, tables, train; ``data``;
+``bench``; ``profile``: profile, blocks; ``doctor``) and turn the parsed flags
+into typed calls of the domain modules. A handler's module is imported only
+when its sub-command runs, and heavy modules (torch, Ray, MLflow) only inside
+the handler, so ``harness --help`` and config errors answer in a second.
 Exit codes: 0 ok, 1 the work ran and failed, 2 unusable input.
 """
 from __future__ import annotations
@@ -23,7 +27,7 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=8, help="frames per clip T (default 8)")
     p.add_argument("--size", type=int, nargs="+", default=[112, 224], help="input sides (default 112 224)")
     p.add_argument("--format", choices=["md", "csv", "json"], default="md")
-    p.set_defaults(target="harness.profile:main")
+    p.set_defaults(target="harness.cli.profile:profile")
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +41,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--split", choices=["train", "val"], default="val")
     i.add_argument("--max-bad-fraction", type=float, default=0.01)
     i.add_argument("--json", action="store_true", help="print one JSON object")
-    i.set_defaults(target="harness.data.inspect:main")
+    i.set_defaults(target="harness.cli.data:inspect")
 
     f = dsub.add_parser("fingerprint", help="hash a split's annotation files and the decoded pixels of a fixed sample",
                         description="One short hash that changes when the annotations or the decoded frames of "
@@ -48,7 +52,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--split", choices=["train", "val"], default="val")
     f.add_argument("--sample", type=int, default=16, help="clips decoded, every k-th by sorted id (default 16)")
     f.add_argument("--json", action="store_true", help="print one JSON object")
-    f.set_defaults(target="harness.data.fingerprint:main")
+    f.set_defaults(target="harness.cli.data:fingerprint")
 
     s = dsub.add_parser("synth", help="write the reversal-paired synthetic set (Something-Something v2 layout)")
     s.add_argument("out_dir")
@@ -62,7 +66,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                        help=f"{split} object side / frame side (default: the generator's full range)")
         s.add_argument(f"--{split}-speed", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
                        help=f"{split} displacement per frame / frame side (default: the generator's full range)")
-    s.set_defaults(target="harness.data.synth:main")
+    s.set_defaults(target="harness.cli.data:synth")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -120,7 +124,7 @@ def _add_doctor(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None,
                    help="Ray cluster to check node by node, shared storage included (default RAY_ADDRESS)")
     p.add_argument("--ray", action="store_true", help="start a local Ray to see that it starts (5-10 s)")
-    p.set_defaults(target="harness.doctor:main")
+    p.set_defaults(target="harness.cli.doctor:doctor")
 
 
 def _add_tables(sub: argparse._SubParsersAction) -> None:
@@ -144,7 +148,7 @@ def _add_blocks(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["md", "json"], default="md")
     p.add_argument("--profile", action="store_true",
                    help="add params and GFLOPs at 8x112 on ResNet-50 (174 classes)")
-    p.set_defaults(target="harness.catalog:main")
+    p.set_defaults(target="harness.cli.profile:blocks")
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -162,7 +166,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                    help="leave glibc's malloc thresholds alone instead of setting them as training does "
                         "(the 'before' of that change)")
     b.add_argument("--format", choices=["md", "json"], default="md")
-    b.set_defaults(target="harness.bench:main")
+    b.set_defaults(target="harness.cli.bench:blocks")
     d = bsub.add_parser("data", help="the laptop loader vs its model, then real formats: loader vs raw decode, "
                         "cores per GPU")
     d.add_argument("--study", default="studies/table1.yaml")
@@ -183,7 +187,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--gpu-clips-per-s", type=float, default=1000.0,
                    help="what one GPU trains, clips/s, for the cores-per-GPU column (default 1000)")
     d.add_argument("--format", choices=["md", "json"], default="md")
-    d.set_defaults(target="harness.bench:main")
+    d.set_defaults(target="harness.cli.bench:data")
     h = bsub.add_parser("harness", help="the same trials through Ray Tune + MLflow and through a plain "
                         "process pool of equal concurrency: wall ratio and per-trial overhead")
     h.add_argument("--study", default="studies/table1.yaml")
@@ -195,11 +199,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--concurrency", type=int, default=None,
                    help="trials at a time in both paths (default: cores / the profile's CPUs per trial)")
     h.add_argument("--format", choices=["md", "json"], default="md")
-    h.set_defaults(target="harness.bench:main")
+    h.set_defaults(target="harness.cli.bench:harness")
     r = bsub.add_parser("report", help="assemble bench outputs (md files) into one report with the machine")
     r.add_argument("sections", nargs="+", help="md files, one section each, titled by file name")
     r.add_argument("--out", default="results/bench.md")
-    r.set_defaults(target="harness.bench:main")
+    r.set_defaults(target="harness.cli.bench:report")
 
 
 def build_parser() -> argparse.ArgumentParser:

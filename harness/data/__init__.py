@@ -18,6 +18,7 @@ workers do not pay for importing torch.
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 _EXPORTS = {
     "build_loader": "dataset",
@@ -37,7 +38,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

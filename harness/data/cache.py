@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,7 @@ import numpy as np
 
 from ..config import Data
 from .formats import DataError, Entry
-from .video import UnreadableError, open_entry
+from .video import Clip, UnreadableError, open_entry
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class FrameCache:
     def __init__(self, data: np.ndarray, slots: dict[str, Slot | str], path: Path | None = None):
         self._data, self.slots, self.path = data, slots, path
 
-    def clip(self, entry: Entry) -> CachedClip:
+    def clip(self, entry: Entry) -> Clip:
         """The entry's frames; :class:`UnreadableError` (the reason at build time) if it did not decode."""
         slot = self.slots.get(str(entry.path))
         if slot is None:  # not in the cache (cannot happen for the entries it was built from): decode
@@ -121,7 +122,7 @@ def cache_key(data: Data, split: str, entries: list[Entry]) -> str:
     return h.hexdigest()[:16]
 
 
-def _decode_all(entries: list[Entry], split: str, sink) -> dict[str, Slot | str]:
+def _decode_all(entries: list[Entry], split: str, sink: Callable[[np.ndarray], object]) -> dict[str, Slot | str]:
     """Decode every frame of every entry in order, handing the bytes to ``sink``; the slots."""
     slots: dict[str, Slot | str] = {}
     offset = 0

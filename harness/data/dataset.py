@@ -27,6 +27,7 @@ import ctypes
 import logging
 import multiprocessing as mp
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -37,7 +38,10 @@ from .cache import FrameCache, open_cache
 from .formats import DataError, Entry, read_split
 from .sampling import clip_indices, train_indices
 from .transforms import SOMETHING_FLIP_SWAP, eval_clip, symmetric_swap, train_clip
-from .video import UnreadableError, open_entry
+from .video import Clip, UnreadableError, open_entry
+
+if TYPE_CHECKING:
+    from .gpu import GpuVideoClip
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,7 @@ class BadEntries:
     """
 
     def __init__(self, entries: list[Entry], max_fraction: float, split: str):
-        self._flags = mp.Array(ctypes.c_uint8, max(len(entries), 1), lock=True)
+        self._flags = mp.Array(ctypes.c_uint8, max(len(entries), 1), lock=True)  # shared with the workers
         self._paths = [str(e.path) for e in entries]
         self.max_fraction = max_fraction
         self.split = split
@@ -70,10 +74,10 @@ class BadEntries:
 
     def count(self) -> int:
         with self._flags.get_lock():
-            return int(np.frombuffer(self._flags.get_obj(), dtype=np.uint8).sum())
+            return int(np.frombuffer(memoryview(self._flags.get_obj()), dtype=np.uint8).sum())
 
     def paths(self, limit: int | None = None) -> list[str]:
-        flags = np.frombuffer(self._flags.get_obj(), dtype=np.uint8)[: len(self._paths)]
+        flags = np.frombuffer(memoryview(self._flags.get_obj()), dtype=np.uint8)[: len(self._paths)]
         return [self._paths[i] for i in np.flatnonzero(flags)[:limit]]
 
     def mark(self, index: int, reason: str, quiet: bool = False) -> None:
@@ -151,7 +155,7 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, key) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, int]:
         index, seed = key if isinstance(key, tuple) else (int(key), 0)
         rng = np.random.default_rng([seed, index])
         for step in range(min(len(self.entries), MAX_CONSECUTIVE_BAD)):
@@ -179,6 +183,7 @@ class ClipDataset(Dataset):
                                f"{entry.where}); restore it, then continue with --resume")
 
     def _load(self, entry: Entry, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+        clip: Clip | GpuVideoClip
         if self.cache is not None:
             clip = self.cache.clip(entry)
         elif self.decoder == "gpu":
@@ -206,7 +211,10 @@ class ClipLoader(DataLoader):
     raised inside a worker, torch's DataLoader waits ~5 s per worker to join).
     """
 
-    def __iter__(self):
+    dataset: ClipDataset  # what build_loader gives it
+
+    # A generator around torch's iterator (callers only iterate), not the _BaseDataLoaderIter torch types it as
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         bad = self.dataset.bad
         try:
             for batch in super().__iter__():
@@ -231,7 +239,7 @@ class SeededSampler(Sampler):
     def __len__(self) -> int:
         return self.length
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(self.length) if self.shuffle else np.arange(self.length)
         seeds = rng.integers(0, 2**63 - 1, size=self.length)
@@ -297,7 +305,7 @@ def build_dataset(data: Data, split: str, *, train: bool, with_index: bool = Fal
 
 
 def build_loader(data: Data, split: str, *, batch_size: int, seed: int, train: bool,
-                 with_index: bool = False) -> tuple[DataLoader, list[str]]:
+                 with_index: bool = False) -> tuple[ClipLoader, list[str]]:
     """A DataLoader over one split, and the class names in the owners' order.
 
     Args:

@@ -30,15 +30,14 @@ annotation files under ``root``); it is not generated here.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..config import Data
-from .formats import DataError, Entry, read_split
+from .formats import Entry, read_split
 from .sampling import val_indices
 from .video import UnreadableError, open_entry
 
@@ -100,7 +99,7 @@ def _decoder(entry: Entry) -> str:
     return f"decord {decord.__version__} (PyAV {av.__version__})"
 
 
-def _hash_clip(h, entry: Entry, root: Path) -> str | None:
+def _hash_clip(h: hashlib._Hash, entry: Entry, root: Path) -> str | None:
     """Feed one clip's id, frame count and sampled frames to ``h``; returns the reason if it is unreadable."""
     h.update(_clip_id(entry, root).encode() + b"\0")
     try:
@@ -115,7 +114,7 @@ def _hash_clip(h, entry: Entry, root: Path) -> str | None:
     return None
 
 
-def fingerprint(data: Data, split: str = "val", sample: int = 16) -> dict:
+def fingerprint(data: Data, split: str = "val", sample: int = 16) -> dict[str, Any]:
     """Fingerprint of one split of ``data``: annotation bytes and the decoded pixels of a fixed sample.
 
     Returns ``{"fingerprint", "annotations", "pixels", "decoder", "clips", ...}``:
@@ -141,27 +140,3 @@ def fingerprint(data: Data, split: str = "val", sample: int = 16) -> dict:
             "decoder": ", ".join(sorted(decoders)) or "none", "clips": len(chosen),
             "format": data.format, "split": split, "entries": len(result.entries),
             "files": [f.name for f in result.files], "unreadable": unreadable}
-
-
-def _text(d: dict) -> str:
-    lines = [f"fingerprint {d['fingerprint']}  ({d['format']} {d['split']}: {d['clips']} of {d['entries']} "
-             f"clips sampled, decoder {d['decoder']})",
-             f"  annotations sha256 {d['annotations']}  ({', '.join(d['files'])})",
-             f"  pixels      sha256 {d['pixels']}"]
-    lines += [f"  unreadable: {r}" for r in d["unreadable"]]
-    return "\n".join(lines)
-
-
-def main(args) -> int:
-    """Entry point of ``harness data fingerprint``: 0 printed, 2 unusable arguments or annotations."""
-    if args.sample < 1:
-        print("error: --sample must be >= 1", file=sys.stderr)
-        return 2
-    data = Data(format=args.format, root=args.root, annotations=args.annotations)
-    try:
-        d = fingerprint(data, args.split, args.sample)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(d) if args.json else _text(d))
-    return 0

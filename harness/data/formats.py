@@ -36,7 +36,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Callable
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def _read_text(path: Path) -> str:
         raise AnnotationError(f"cannot read annotation file {path}: {e}") from e
 
 
-def _read_json(path: Path):
+def _read_json(path: Path) -> Any:
     try:
         return json.loads(_read_text(path))
     except json.JSONDecodeError as e:
@@ -168,7 +168,7 @@ def _json_list(path: Path) -> list:
     return data
 
 
-def _field(item, key: str, where: str):
+def _field(item: object, key: str, where: str) -> Any:
     if not isinstance(item, dict) or key not in item:
         raise AnnotationError(f"{where}: entry has no {key!r} field (is this a test split without labels?)")
     return item[key]

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..config import Data
-from .formats import DataError
+from .formats import DataError, Entry
 from .video import UnreadableError, check_count
 
 INSTALL = ("a CUDA GPU, CUDA torch, torchcodec and FFmpeg's shared libraries: pip install torchcodec; "
@@ -88,7 +88,7 @@ class GpuVideoClip:
             raise UnreadableError(f"{self.path}: cannot decode frames on the GPU ({str(e).splitlines()[0]})") from e
 
 
-def open_gpu(entry) -> GpuVideoClip:
+def open_gpu(entry: Entry) -> GpuVideoClip:
     """:func:`~harness.data.video.open_entry` for ``data.decoder: gpu``."""
     return GpuVideoClip(entry.path, entry.num_frames)
 

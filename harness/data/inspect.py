@@ -15,16 +15,16 @@ decord (#373) hangs the inspection too.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .formats import DataError, Entry, read_split
+from .formats import Entry, read_split
 from .video import UnreadableError, probe
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class Report:
     def bad_fraction(self) -> float:
         return len(self.unreadable) / self.entries if self.entries else 0.0
 
-    def as_dict(self, max_bad_fraction: float) -> dict:
+    def as_dict(self, max_bad_fraction: float) -> dict[str, Any]:
         stats = {k: int(f(self.frames)) for k, f in (("min", np.min), ("median", np.median), ("max", np.max))} \
             if self.frames else None
         return {
@@ -59,49 +59,26 @@ class Report:
         }
 
 
-def _probe(entry: Entry) -> tuple[int | None, str | None]:
+def _probe(entry: Entry) -> int | str:
+    """The entry's frame count, or why it cannot be read."""
     try:
-        return probe(entry), None
+        return probe(entry)
     except UnreadableError as e:
-        return None, str(e)
+        return str(e)
     except Exception as e:  # a decoder bug on one file must not end the inspection  # noqa: BLE001
-        return None, f"{entry.path}: {type(e).__name__}: {e}"
+        return f"{entry.path}: {type(e).__name__}: {e}"
 
 
-def inspect_split(fmt: str, root, annotations, split: str, threads: int | None = None) -> Report:
+def inspect_split(fmt: str, root: str | Path, annotations: str | Path, split: str,
+                  threads: int | None = None) -> Report:
     """Read a split's annotations and probe every entry; raises AnnotationError for unusable annotations."""
     result = read_split(fmt, root, annotations, split)
     report = Report(fmt, split, len(result.entries), len(result.classes))
     with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
-        for entry, (frames, reason) in zip(result.entries, pool.map(_probe, result.entries)):
-            if reason is None:
-                report.frames.append(frames)
+        for entry, probed in zip(result.entries, pool.map(_probe, result.entries)):
+            if isinstance(probed, int):
+                report.frames.append(probed)
             else:
-                report.unreadable.append((str(entry.path), reason))
-                log.warning("unreadable: %s", reason)
+                report.unreadable.append((str(entry.path), probed))
+                log.warning("unreadable: %s", probed)
     return report
-
-
-def _text(d: dict) -> str:
-    lines = [f"{d['format']} {d['split']}: {d['entries']} entries, {d['classes']} classes, "
-             f"{d['readable']} readable, {len(d['unreadable'])} unreadable ({d['bad_fraction']:.2%}, "
-             f"limit {d['max_bad_fraction']:.2%})"]
-    if d["frames"]:
-        lines.append("frames min/median/max: {min}/{median}/{max}".format(**d["frames"]))
-    lines += [f"  unreadable: {r}" for r in d["reasons"]]
-    return "\n".join(lines)
-
-
-def main(args) -> int:
-    """Entry point of ``harness data inspect``; prints the report, returns the exit code."""
-    if not 0 <= args.max_bad_fraction <= 1:
-        print("error: --max-bad-fraction must be between 0 and 1", file=sys.stderr)
-        return 2
-    try:
-        report = inspect_split(args.format, args.root, args.annotations, args.split)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    d = report.as_dict(args.max_bad_fraction)
-    print(json.dumps(d) if args.json else _text(d))
-    return 0 if d["ok"] else 1

@@ -102,9 +102,13 @@ class LoaderClock:
 
     def run(self, epochs: int) -> tuple[float, int]:
         """(seconds, clips) for the next ``epochs`` epochs."""
+        from .dataset import SeededSampler
+
         start, clips = time.perf_counter(), 0
         for _ in range(epochs):
-            self.loader.sampler.set_epoch(self.next_epoch)
+            sampler = self.loader.sampler
+            if isinstance(sampler, SeededSampler):  # build_loader's: the epoch sets the order and the crops
+                sampler.set_epoch(self.next_epoch)
             self.next_epoch += 1
             for _, labels in self.loader:
                 clips += len(labels)

@@ -50,11 +50,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 # The full ranges: object side and displacement per frame, as fractions of the frame side (the schema's defaults).
-from ..config import SIZE_RANGE, SPEED_RANGE, Synth
+from ..config import SIZE_RANGE, SPEED_RANGE, Data, Synth
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,14 @@ class Look:
     name: str
 
 
-def _draw(canvas: np.ndarray, look: Look, cx, cy, angle, side, alpha) -> None:
+# A value per frame, or one for every frame.
+Track = np.ndarray | float
+# One drawn object: centre x, centre y, angle, side (px), alpha (the approach family adds the copy's zoom phase,
+# which orders the two copies per frame).
+Layer = tuple[Track, ...]
+
+
+def _draw(canvas: np.ndarray, look: Look, cx: Track, cy: Track, angle: Track, side: Track, alpha: Track) -> None:
     """Composite an object into ``canvas`` (T, S, S, 3) in place; per-frame centre, angle, side (px) and alpha."""
     t, s = canvas.shape[:2]
     grid = np.arange(s, dtype=np.float32) + 0.5
@@ -212,7 +220,8 @@ def _background(rng: np.random.Generator, s: int) -> np.ndarray:
     return bg[0]
 
 
-def _trajectory(family: str, rng: np.random.Generator, t: np.ndarray, s: int, size: float, speed: float):
+def _trajectory(family: str, rng: np.random.Generator, t: np.ndarray, s: int, size: float,
+                speed: float) -> tuple[list[Layer], float]:
     """Forward motion of one family: a list of (cx, cy, angle, side, alpha) layers and the realised speed."""
     n = len(t)
     side, angle = size * s, rng.uniform(0, 2 * math.pi)
@@ -235,7 +244,7 @@ def _trajectory(family: str, rng: np.random.Generator, t: np.ndarray, s: int, si
         rate = min(speed / (size * math.log(ZOOM)), MAX_ZOOM_RATE)
         p0 = rng.uniform(0, 1)
         centres = rng.uniform(0, s, (2, int(rate * n) + 3, 2))
-        layers = []
+        layers: list[Layer] = []
         for k in range(2):
             p = p0 + k / 2 + rate * t
             cycle, frac = np.floor(p).astype(int), p - np.floor(p)
@@ -250,7 +259,8 @@ PLAIN_SHAPES = {"translate": "square", "fall": "disc", "approach": "diamond", "r
                 "orbit": "cross"}
 
 
-def _plain_trajectory(family: str, rng: np.random.Generator, t: np.ndarray, s: int, size: float, speed: float):
+def _plain_trajectory(family: str, rng: np.random.Generator, t: np.ndarray, s: int, size: float,
+                      speed: float) -> tuple[list[Layer], float]:
     """``style="plain"``: one object whose whole path stays inside the frame (no torus, no stream).
 
     Start and end positions then differ between a clip and its reversal, but a
@@ -306,7 +316,7 @@ def render_clip(seed: int, index: int, *, frames: int = 16, size: int = 64,
     obj_size, obj_speed = rng.uniform(*size_range), rng.uniform(*speed_range)
     if style == "plain":
         canvas, look, speed = _render_plain(family, rng, frames, size, obj_size, obj_speed)
-        layers = []
+        layers: list[Layer] = []
     else:
         bg = _background(rng, size)
         look = _look(rng, bg.mean(axis=(0, 1)))
@@ -317,7 +327,8 @@ def render_clip(seed: int, index: int, *, frames: int = 16, size: int = 64,
         for rank in range(len(layers)):
             for k, layer in enumerate(layers):
                 on = (order[rank] == k).astype(np.float32)
-                _draw(canvas, look, *layer[:4], layer[4] * on)
+                cx, cy, angle, side, alpha = layer[:5]
+                _draw(canvas, look, cx, cy, angle, side, alpha * on)
     else:
         for layer in layers:
             _draw(canvas, look, *layer)
@@ -390,11 +401,13 @@ def _render_all(videos_dir: Path, seed: int, start: int, stop: int, processes: i
         err = tempfile.TemporaryFile("w+")  # a file, so a chatty child cannot fill a pipe and stall
         proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=err, env=env, text=True)
+        assert proc.stdin is not None and proc.stdout is not None  # both piped, just above
         proc.stdin.write(json.dumps(job))  # a few hundred bytes: fits the pipe, never blocks
         proc.stdin.close()
         children.append((proc, err))
     entries = []
     for proc, err in children:  # all children run at once; their outputs are read in turn
+        assert proc.stdout is not None  # piped
         out = proc.stdout.read()
         proc.stdout.close()
         if proc.wait():
@@ -424,8 +437,8 @@ def generate(out_dir: str | Path, *, videos: int = 2000, frames: int = 16, size:
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     processes = max(1, min(processes or (min(2, os.cpu_count() or 1) if videos >= 200 else 1), videos))
-    kwargs = {"frames": frames, "size": size, "size_range": tuple(size_range), "speed_range": tuple(speed_range),
-              "style": style}
+    kwargs: dict[str, Any] = {"frames": frames, "size": size, "size_range": tuple(size_range),
+                              "speed_range": tuple(speed_range), "style": style}
     val_kwargs = {**kwargs, "size_range": tuple(val_size_range or size_range),
                   "speed_range": tuple(val_speed_range or speed_range)}
     start = time.perf_counter()
@@ -528,7 +541,7 @@ def _clear(root: Path) -> None:
         raise FileExistsError(f"{root} exists and is not a synth set; point data.root (or OUT_DIR) at a new folder")
 
 
-def ensure_synth(data) -> Path:
+def ensure_synth(data: Data) -> Path:
     """Generate (once) the synth set a ``Data`` config of format ``synth`` describes; returns ``data.root``.
 
     Read it with the sthv2 reader: videos in ``<root>/videos``, annotations in ``<root>``.
@@ -537,33 +550,3 @@ def ensure_synth(data) -> Path:
     return ensure_at(data.root, videos=cfg.videos, frames=cfg.frames, size=cfg.size, seed=cfg.seed,
                      val_fraction=cfg.val_fraction, size_range=cfg.train_size, speed_range=cfg.train_speed,
                      val_size_range=cfg.val_size, val_speed_range=cfg.val_speed, style=cfg.style)
-
-
-def main(args) -> int:
-    """``harness data synth OUT_DIR``: 0 written (or already there), 2 unusable arguments."""
-    val_fraction = getattr(args, "val_fraction", 0.25)
-    problems = [f"--{k} must be >= {lo}" for k, v, lo in
-                (("videos", args.videos, 2), ("frames", args.frames, 2), ("size", args.size, 16)) if v < lo]
-    if not 0 < val_fraction < 1:
-        problems.append("--val-fraction must be between 0 and 1")
-    ranges = {flag: tuple(getattr(args, flag.replace("-", "_"), None) or default) for flag, default in
-              (("train-size", SIZE_RANGE), ("train-speed", SPEED_RANGE), ("val-size", SIZE_RANGE),
-               ("val-speed", SPEED_RANGE))}
-    problems += [f"--{flag} MIN MAX needs 0 < MIN <= MAX <= {1 if flag.endswith('size') else 0.5}, got {list(r)}"
-                 for flag, r in ranges.items() if not 0 < r[0] <= r[1] <= (1 if flag.endswith("size") else 0.5)]
-    if problems:
-        print(f"error: {'; '.join(problems)}", file=sys.stderr)
-        return 2
-    start = time.perf_counter()
-    try:
-        root = ensure_at(args.out_dir, videos=args.videos, frames=args.frames, size=args.size,
-                         seed=args.seed, val_fraction=val_fraction, size_range=ranges["train-size"],
-                         speed_range=ranges["train-speed"], val_size_range=ranges["val-size"],
-                         val_speed_range=ranges["val-speed"])
-    except (FileExistsError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{args.videos} clips of {args.frames}x{args.size}x{args.size} ({len(CLASSES)} classes) in {root} "
-          f"[{time.perf_counter() - start:.1f} s]\n"
-          f"read it with: harness data inspect --format sthv2 --root {root / 'videos'} --annotations {root}")
-    return 0

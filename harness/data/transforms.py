@@ -157,7 +157,7 @@ def symmetric_swap(pairs: dict[int, int] | None) -> dict[int, int]:
     return out
 
 
-def train_clip(frames: np.ndarray, label: int, *, resize_to: int, size: int, flip: bool,
+def train_clip(frames: np.ndarray | torch.Tensor, label: int, *, resize_to: int, size: int, flip: bool,
                swap: dict[int, int], rng: np.random.Generator, multiscale: bool = True) -> tuple[torch.Tensor, int]:
     """Training view: short-side resize, multi-scale crop (or, ``multiscale=False``, a fixed-scale crop),
     optional flip (+label swap); ``(T, 3, S, S)`` uint8."""
@@ -170,7 +170,7 @@ def train_clip(frames: np.ndarray, label: int, *, resize_to: int, size: int, fli
     return x, label
 
 
-def eval_clip(frames: np.ndarray, *, resize_to: int, size: int, crops: int) -> torch.Tensor:
+def eval_clip(frames: np.ndarray | torch.Tensor, *, resize_to: int, size: int, crops: int) -> torch.Tensor:
     """Test views of one clip: ``(crops, T, 3, S, S)`` uint8."""
     x = resize_short(to_tensor(frames), max(resize_to, size))
     views = []

@@ -40,6 +40,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 import av  # noqa: F401 - load PyAV's FFmpeg before decord's: the other order breaks PyAV's VP8/VP9 encoders
 import numpy as np
@@ -124,7 +125,7 @@ def _ebml_size(head: bytes) -> int | None:
     return None if unknown else pos + size
 
 
-def _mp4_size(f, file_size: int) -> int | None:
+def _mp4_size(f: BinaryIO, file_size: int) -> int | None:
     """End of the last top-level MP4 / MOV box (walking box headers), or None if this is not an MP4."""
     pos = 0
     while pos < file_size:
@@ -169,6 +170,17 @@ def check_count(path: Path, decoded: int, promised: int | None) -> None:
         raise UnreadableError(f"{path}: no decodable frames")
     if promised and decoded < MIN_FRAME_FRACTION * promised:
         raise UnreadableError(f"{path}: truncated, {decoded} frames decode of {promised} promised")
+
+
+class Clip(Protocol):
+    """What the loader reads frames through: a decoder (video, frame folder) or the decode cache."""
+
+    @property
+    def num_frames(self) -> int: ...
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        """uint8 ``(len(indices), H, W, 3)``, indices clamped to the frames that decode."""
+        ...
 
 
 class VideoClip:
@@ -264,18 +276,19 @@ class FrameFolder:
     def get(self, indices: np.ndarray) -> np.ndarray:
         """uint8 ``(len(indices), H, W, 3)``; each distinct frame read once (see :func:`read_frame`)."""
         idx = np.clip(np.asarray(indices, dtype=np.int64), 0, self.num_frames - 1).tolist()
-        out: np.ndarray | None = None
-        first: dict[int, int] = {}  # frame index -> the row of ``out`` that holds it
-        for row, i in enumerate(idx):
+        if not idx:
+            raise ValueError(f"{self.path}: no frame indices to read")
+        first_frame = read_frame(self.path / self.template.format(idx[0] + 1))  # its size sizes the output
+        out = np.empty((len(idx), *first_frame.shape), np.uint8)
+        out[0] = first_frame
+        first = {idx[0]: 0}  # frame index -> the row of ``out`` that holds it
+        for row, i in enumerate(idx[1:], start=1):
             if i in first:
                 out[row] = out[first[i]]
                 continue
-            dest = None if out is None else out[row]
+            dest = out[row]
             frame = read_frame(self.path / self.template.format(i + 1), dest)
-            if out is None:
-                out = np.empty((len(idx), *frame.shape), np.uint8)
-                out[row] = frame
-            elif frame.ctypes.data != dest.ctypes.data:  # decoded elsewhere (Pillow, or another size)
+            if frame.ctypes.data != dest.ctypes.data:  # decoded elsewhere (Pillow, or another size)
                 if frame.shape != out.shape[1:]:
                     raise UnreadableError(f"{self.path}: frames differ in size {sorted({frame.shape, out.shape[1:]})}")
                 out[row] = frame
