@@ -50,7 +50,8 @@ LOST = "harness.lost"  # "1": its Ray trial was lost with a killed driver (searc
 PARENT_ID = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 GIT_COMMIT = "mlflow.source.git.commit"
-EXPERIMENT_KIND = "mlflow.experimentKind"  # which layout the UI opens an experiment in
+EXPERIMENT_KIND = "mlflow.experimentKind"  # its kind; MLflow 3.17 takes the layout from the link (harness.ui)
+SAVED_VIEW = "mlflow.sharedViewState.{key}"  # experiment tag: a runs-page view the UI lists under "Views"
 
 # ----------------------------------------------------------------------------- metrics
 

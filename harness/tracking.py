@@ -4,10 +4,11 @@
     harness tables studies/table1.yaml       # reads here, nothing else
     harness ui                               # serves this store
 
-Layout. One MLflow experiment per study (named after it, in the UI's
-model-training layout). Each ``harness run`` invocation is a *parent* run;
-each trial is a *child* run under it (``mlflow.parentRunId``), keyed by its
-trial key (:mod:`harness.trial`). Every tag, param and metric name is a
+Layout. One MLflow experiment per study (named after it, of the UI's
+model-training kind, with a saved view of its trials: harness.uiview).
+Each ``harness run`` invocation is a *parent* run; each trial is a *child*
+run under it (``mlflow.parentRunId``), keyed by its trial key
+(:mod:`harness.trial`). Every tag, param and metric name is a
 constant of :mod:`harness.names`. ``--resume`` re-attaches to the latest
 parent run of the same study and profile.
 
@@ -53,6 +54,7 @@ from mlflow.entities import Metric, Param, Run, RunTag, ViewType  # noqa: E402
 from harness import names  # noqa: E402
 from harness.files import default_uri, sqlite_path  # noqa: E402, F401 - re-exported: where the store is
 from harness.trial import TrialIdentity, TrialSpec  # noqa: E402
+from harness.uiview import view_tag  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ TERMINAL = ("FINISHED", "FAILED", "KILLED")
 DONE = ("FINISHED", "FAILED")  # a child in one of these ignores any further result
 # The UI's layout for runs that train models (not its GenAI one: traces, judges, an assistant panel).
 MODEL_TRAINING = "custom_model_development"
+UI_TAGS = {names.EXPERIMENT_KIND: MODEL_TRAINING, **view_tag()}  # how the UI shows a study's experiment
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -202,11 +205,14 @@ class Tracker:
                 con.execute("PRAGMA journal_mode=WAL")
 
     def experiment_id(self, study: str, *, create: bool = True) -> str | None:
-        """The study's experiment (created in the UI's model-training layout when ``create``)."""
+        """The study's experiment (created, or re-tagged, with the UI's model-training kind and the
+        harness's saved view of its trials, :mod:`harness.uiview`, when ``create``)."""
         exp = self.client.get_experiment_by_name(study)
         if exp is not None:
-            if exp.tags.get(names.EXPERIMENT_KIND) != MODEL_TRAINING and create:  # made before the tag
-                self.client.set_experiment_tag(exp.experiment_id, names.EXPERIMENT_KIND, MODEL_TRAINING)
+            if create:  # made before these tags, or by an older view
+                for key, value in UI_TAGS.items():
+                    if exp.tags.get(key) != value:
+                        self.client.set_experiment_tag(exp.experiment_id, key, value)
             return str(exp.experiment_id)
         if not create:
             return None
@@ -214,7 +220,7 @@ class Tracker:
         if self._db is not None:  # keep artifacts beside the database, not in the current folder
             location = (self._db.parent / "mlartifacts").resolve().as_uri()
         return str(self.client.create_experiment(study, artifact_location=location, tags={
-            names.STUDY: study, names.EXPERIMENT_KIND: MODEL_TRAINING}))
+            names.STUDY: study, **UI_TAGS}))
 
     # ------------------------------------------------------------------ parent runs
 

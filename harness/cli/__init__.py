@@ -139,7 +139,8 @@ def _add_ui(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ui", help="serve the MLflow UI for the project's tracking store")
     p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     p.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1; others expose the runs)")
-    p.add_argument("--study", default=None, help="print only this study's runs page")
+    p.add_argument("--study", default=None, help="only this study's links; opens its compare page in a browser")
+    p.add_argument("--no-browser", action="store_true", help="with --study: print the links, open nothing")
     p.set_defaults(target="harness.ui:main")
 
 
