@@ -218,14 +218,9 @@ def main(args: Any) -> int:
         log.error("no MLflow store at %s yet; run `harness run studies/table1.yaml` first", db)
         return 1
     tracker = Tracker(uri)
-    experiments = tracker.experiments()
-    if args.study:
-        if args.study not in experiments:
-            log.error("no study %r in %s; known: %s", args.study, uri, ", ".join(experiments) or "none")
-            return 1
-        experiments = {args.study: experiments[args.study]}
-    for study in experiments:  # studies run before the saved view get it now
-        tracker.experiment_id(study)
+    experiments = chosen_studies(tracker, args.study)
+    if experiments is None:
+        return 1
     proc = start(uri, host=args.host, port=args.port)
     # SIGTERM (a service manager, `timeout`) stops the server too, not only Ctrl-C
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -234,10 +229,8 @@ def main(args: Any) -> int:
         wait_ready(proc, base)
         links = study_links(tracker, base, experiments)
         print_links(uri, base, links)
-        if args.study and links[0].compare and not args.no_browser and graphical_browser(os.environ, sys.platform):
-            import webbrowser
-
-            webbrowser.open(links[0].compare)
+        if args.study and not args.no_browser:
+            open_in_browser(links[0].compare)
         return proc.wait()
     except KeyboardInterrupt:
         return 0
@@ -246,6 +239,28 @@ def main(args: Any) -> int:
         return 1
     finally:
         stop(proc)
+
+
+def chosen_studies(tracker: Any, study: str | None) -> dict[str, str] | None:
+    """Study name -> experiment id (one study with ``--study``; None, said, when it is not in the store).
+    Each gets the harness's experiment tags now: a study run before the saved view existed has it then."""
+    experiments = tracker.experiments()
+    if study:
+        if study not in experiments:
+            log.error("no study %r in %s; known: %s", study, tracker.uri, ", ".join(experiments) or "none")
+            return None
+        experiments = {study: experiments[study]}
+    for name in experiments:
+        tracker.experiment_id(name)
+    return experiments
+
+
+def open_in_browser(url: str | None) -> None:
+    """Open ``url`` where a graphical browser exists (over SSH or under CI ``webbrowser`` would pick a text one)."""
+    if url and graphical_browser(os.environ, sys.platform):
+        import webbrowser
+
+        webbrowser.open(url)
 
 
 def print_links(uri: str, base: str, links: list[StudyLinks]) -> None:

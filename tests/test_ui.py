@@ -23,7 +23,7 @@ import pytest
 from conftest import clean_env, harness, kill_marked, study_runs, write_study
 
 from harness import names, ui, uiview
-from harness.screenshot import CHROMIUM, FLAGS, free_port
+from harness.screenshot import CHROMIUM, DRAWN, FLAGS, free_port
 
 BASE = "http://127.0.0.1:5000"
 TOLERANCE_S = 3.0  # "within a few seconds": Ray's timestamps are whole seconds, the driver's callbacks lag a little
@@ -216,10 +216,8 @@ def check_runs(page, url: str, own: dict[str, tuple]) -> None:
 def check_charts(page) -> None:
     """One click on the chart view: the view's section of row charts, drawn with data."""
     page.locator('label:has(input[value="CHART"])').click()
-    section = page.get_by_text("rows: mean over seeds")
-    section.wait_for(timeout=60_000)
-    drawn = ".js-plotly-plot .points path, .js-plotly-plot .bars .point"
-    page.wait_for_function(f"document.querySelectorAll('{drawn}').length > 0", timeout=90_000)
+    page.get_by_text("rows: mean over seeds").wait_for(timeout=60_000)
+    page.wait_for_function(f"{DRAWN}.length > 0", timeout=90_000)
 
 
 def check_compare(page, url: str, own: dict[str, tuple]) -> None:
