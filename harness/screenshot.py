@@ -50,7 +50,7 @@ def capture(study: str, runs_png: Path, charts_png: Path, *, work: Path = Path("
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
             try:
-                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page = browser.new_page(viewport={"width": 1400, "height": 1340})  # Table 1's 20 trials, 10 rows
                 shoot_runs(page, ui.runs_url(base, exp_id), runs_png)
                 page.set_viewport_size({"width": 1400, "height": 1000})
                 shoot_charts(page, charts_png)
