@@ -15,8 +15,12 @@ import argparse
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import ui
+
+if TYPE_CHECKING:  # playwright is a test extra, imported when a screenshot is taken
+    from playwright.sync_api import Page
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Chromium's background services try hosts this network refuses; keep it to the page.
@@ -39,9 +43,11 @@ def capture(study: str, runs_png: Path, charts_png: Path, *, work: Path = Path("
 
     uri = default_uri(work)
     tracker = Tracker(uri)
-    if study not in tracker.experiments():
+    experiments = tracker.experiments()
+    if study not in experiments:
         raise LookupError(f"no study {study!r} in {uri}; run `harness run` first")
-    exp_id = tracker.experiment_id(study)  # an older experiment gets the saved view now
+    exp_id = experiments[study]
+    tracker.experiment_id(study)  # an older experiment gets the saved view now
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = ui.start(uri, port=port)
@@ -61,7 +67,7 @@ def capture(study: str, runs_png: Path, charts_png: Path, *, work: Path = Path("
     return [runs_png, charts_png]
 
 
-def shoot_runs(page, url: str, out: Path) -> None:
+def shoot_runs(page: Page, url: str, out: Path) -> None:
     """The trials table: saved once a trial row shows its last top-1."""
     page.goto(url)
     page.locator('[role="row"]', has_text="Group:").first.wait_for(timeout=90_000)
@@ -69,14 +75,14 @@ def shoot_runs(page, url: str, out: Path) -> None:
     save(page, out)
 
 
-def shoot_charts(page, out: Path) -> None:
+def shoot_charts(page: Page, out: Path) -> None:
     """The chart view, one click away from the table: saved once the view's three charts are drawn."""
     page.locator('label:has(input[value="CHART"])').click()
     page.wait_for_function(f"{DRAWN}.length >= 3", timeout=90_000)
     save(page, out)
 
 
-def save(page, out: Path) -> None:
+def save(page: Page, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(out))
 
