@@ -9,6 +9,9 @@ runs page of each study (the UI otherwise opens on a GenAI overview page),
 and stops it on Ctrl-C. Child runs (trials) show folded under their parent
 run (one ``harness run`` invocation); expand the parent to see them.
 
+With ``MLFLOW_TRACKING_URI=http://...`` (a shared tracking server) there is
+nothing to start: it prints each study's runs page on that server.
+
 Binding another host than 127.0.0.1 exposes every run to that network; the
 MLflow server has no authentication.
 """
@@ -85,6 +88,21 @@ def runs_url(host: str, port: int, experiment_id: str) -> str:
     return f"http://{host}:{port}/#/experiments/{experiment_id}/runs"
 
 
+def server_url(uri: str) -> str | None:
+    """The base URL of a tracking server store (``MLFLOW_TRACKING_URI=http://...``): its UI is already served
+    there, nothing to start. None for a local store."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+
+
+def browse_line(uri: str, study: str, experiment_id: str | None) -> str:
+    """What ``harness run`` prints at its end: the study's runs page on the server, or how to serve a local store."""
+    server = server_url(uri)
+    if server is not None:
+        return f"browse the runs: {server}/#/experiments/{experiment_id}/runs"
+    return (f"browse the runs: harness ui --study {study}   "
+            f"(then http://127.0.0.1:5000/#/experiments/{experiment_id}/runs)")
+
+
 def main(args: Any) -> int:
     """``harness ui [--port P] [--host H] [--study NAME]``."""
     from harness.files import WORK
@@ -101,6 +119,12 @@ def main(args: Any) -> int:
             log.error("no study %r in %s; known: %s", args.study, uri, ", ".join(experiments) or "none")
             return 1
         experiments = {args.study: experiments[args.study]}
+    server = server_url(uri)
+    if server is not None:  # a tracking server serves its own UI
+        print(f"MLflow UI of the tracking server {server}")
+        for name, exp_id in experiments.items():
+            print(f"  {name}: {server}/#/experiments/{exp_id}/runs")
+        return 0
     proc = start(uri, host=args.host, port=args.port)
     # SIGTERM (a service manager, `timeout`) stops the server too, not only Ctrl-C
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -68,6 +68,16 @@ def run(args: argparse.Namespace) -> int:
             check_writable(folder)
     except OSError as exc:
         return fail_environment(exc, 2)
+    if on_cluster:  # before any trial: nodes that cannot see the trial storage could not checkpoint or resume
+        from harness.preflight import PreflightError, check_storage
+
+        try:
+            check_storage(args.storage, study.name, on_cluster)
+        except PreflightError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # the storage folder cannot be created here
+            return fail_environment(exc, 2)
     from harness.study.engine import execute
 
     try:

@@ -37,6 +37,7 @@ from harness.protocol import Protocol
 from harness.study.kinds import Kind
 from harness.study.plan import Launch, Plan, RunOptions, data_key
 from harness.tracking import DONE, RunRecord, Tracker, default_uri, git_commit
+from harness.ui import browse_line
 
 if TYPE_CHECKING:  # Ray is imported when trials run, not for a dry run
     from harness.tune.callback import MlflowCallback
@@ -296,7 +297,6 @@ def publish(study: Study, kind: Kind, tracker: Tracker, parent_id: str, opts: Ru
     print(report.text)
     exp_id = tracker.experiment_id(study.name, create=False)
     print(f"wall time {wall_s:.0f} s; results: {', '.join(str(p) for p in report.paths.values())}")
-    print(f"browse the runs: harness ui --study {study.name}   "
-          f"(then http://127.0.0.1:5000/#/experiments/{exp_id}/runs)")
+    print(browse_line(tracker.uri, study.name, exp_id))
     sys.stdout.flush()
     return 1 if bad else 0
