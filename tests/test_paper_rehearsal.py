@@ -139,6 +139,10 @@ def test_paper_profile_rehearsal_on_real_webm_files(tmp_path, data_media):
 
     r = harness(["run", "rehearsal.yaml", "--profile", "paper"], project, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    # checked by SHA-256 before any trial: random weights are none of torchvision's files, but have their keys
+    for arch, path in (("resnet50", r50), ("resnet101", r101)):
+        assert (f"profiles.paper.backbone.pretrained.{arch}: {path.name}: the keys of a torchvision {arch}, "
+                "origin unknown") in r.stderr, r.stderr[-3000:]
 
     t = tracker_for(project)
     parent = t.latest_parent("rehearsal", "paper")
@@ -168,3 +172,36 @@ def test_paper_profile_rehearsal_on_real_webm_files(tmp_path, data_media):
 
     table = (project / "results" / "rehearsal.md").read_text()
     assert "| TSN " in table and "| GST-R101 " in table and "1/1" in table, table
+
+
+WEIGHTS_STUDY = """\
+name: weights
+num_classes: 4
+profiles:
+  paper:
+    backbone: {{arch: resnet50, pretrained: {weights}}}
+    data: {{format: synth, root: {root}, frames: 8, size: 112}}
+    recipe: {{epochs: 1, batch_size: 2, lr: 0.01}}
+    resources: {{cpu: 1}}
+rows:
+  TSN: {{block: tsn}}
+"""
+
+
+@pytest.mark.parametrize("name, content, says", [
+    ("resnet50-0676ba61.pth", b"half a download", "resnet50-0676ba61.pth is named as torchvision's file but its "
+                                                  "SHA-256 begins"),
+    ("r50.pth", "state", "r50.pth: not a torchvision resnet50 state_dict (265 keys missing or reshaped, e.g. conv1.weight); use resnet50-0676ba61.pth"),
+])
+def test_harness_run_refuses_imagenet_weights_that_cannot_be_right_before_any_trial(tmp_path, name, content, says):
+    weights = tmp_path / name
+    if content == "state":
+        torch.save({"conv1.weight": torch.zeros(1)}, weights)
+    else:
+        weights.write_bytes(content)
+    (tmp_path / "weights.yaml").write_text(WEIGHTS_STUDY.format(weights=weights, root=tmp_path / "synth"))
+    r = harness(["run", "weights.yaml", "--profile", "paper"], tmp_path)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-3000:]
+    [line] = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert line.startswith("error: weights.yaml:5: profiles.paper.backbone.pretrained: ") and says in line, line
+    assert not (tmp_path / "work").exists() and not (tmp_path / "synth").exists(), "refused before anything ran"

@@ -96,3 +96,30 @@ def test_harness_run_goes_on_when_every_node_sees_the_storage_or_it_is_a_uri(tmp
     assert main(["run", "tiny.yaml", "--address", ADDRESS, "--storage", "s3://bucket/ray"]) == 0
     assert started == [str(tmp_path / "nfs"), "s3://bucket/ray"]
     assert len(asked) == 1, "an object store URI is not probed"
+
+
+def test_the_interrupted_line_repeats_the_cluster_and_the_storage(capsys):
+    """After Ctrl-C on a cluster, the command to continue names the same --address and --storage (a resume
+    without them would be refused: the default work/ray is not shared)."""
+    from harness.study.engine import interrupted
+    from harness.study.plan import RunOptions
+
+    class Store:  # the tracker calls interrupted() makes, with no trial finished meanwhile
+        def __init__(self):
+            self.calls = []
+
+        def set_tags(self, run_id, tags):
+            self.calls.append(("tags", run_id, dict(tags)))
+
+        def finish(self, run_id, status):
+            self.calls.append(("finish", run_id, status))
+
+        def children(self, run_id):
+            return {}
+
+    store = Store()
+    opts = RunOptions("studies/table1.yaml", profile="paper", address=ADDRESS, storage="/nfs/ray")
+    assert interrupted(None, None, store, "p1", opts, before={}) == 130
+    assert store.calls == [("tags", "p1", {"harness.interrupted": "1"}), ("finish", "p1", "KILLED")]
+    assert capsys.readouterr().err == ("interrupted: nothing lost; continue with `harness run studies/table1.yaml "
+                                       f"--profile paper --address {ADDRESS} --storage /nfs/ray --resume`\n")

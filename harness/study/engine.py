@@ -277,6 +277,8 @@ def interrupted(study: Study, kind: Kind, tracker: Tracker, parent_id: str, opts
     if now_done - was_done:
         kind.report(study, opts.profile, tracker, parent_id, opts.out_dir)
     cmd = f"harness run {opts.study_path}" + (f" --profile {opts.profile}" if opts.profile != "laptop" else "")
+    cmd += "".join(f" --{flag} {value}" for flag, value in (("address", opts.address), ("storage", opts.storage))
+                   if value)  # a resume must find the same cluster and trial storage
     print(f"interrupted: nothing lost; continue with `{cmd} --resume`", file=sys.stderr)
     return 130
 

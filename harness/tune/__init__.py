@@ -19,9 +19,10 @@ here unless set; Ray's default lags ~8 s), and the tracking side is keyed by
 trial, so a trial Ray re-runs after a crash updates its own child run.
 
 On a cluster of more than one node, the experiment's storage must be a folder
-every node sees (NFS) or an object store URI (``harness run --storage``), and
-every node needs this package installed in the same environment, with the data
-at the same path (docs/paper-profile.md).
+every node sees (NFS) or an object store URI (``harness run --storage``;
+``harness.preflight.check_storage`` refuses a local folder a node does not see
+before any trial), and every node needs this package installed in the same
+environment, with the data at the same path (docs/paper-profile.md).
 """
 import os
 
