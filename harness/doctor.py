@@ -494,6 +494,25 @@ def weights_check(path: str | None, arch: str) -> Check:
                  f"fine if you made it on purpose; else use {V1_FILE.get(arch, 'a torchvision file')}")
 
 
+def _weights_arch(profile: Any, keys: tuple) -> str:
+    """The arch a checkpoint is for: its key under ``pretrained: {arch: path}``, else the profile's arch."""
+    return str(keys[-1]) if keys[-1] != "pretrained" else profile.backbone.arch
+
+
+def weights_findings(profile: Any, profile_name: str, archs: Any) -> list[tuple[tuple, Check]]:
+    """Each ImageNet file the rows of a resolved profile load, checked as ``harness doctor`` checks it (SHA-256
+    against torchvision's releases, else the state_dict's keys): (its key path in the study file, the check).
+    ``harness run`` stops on a FAIL and warns on a WARN before any trial; paths not given or not there are
+    :func:`harness.preflight.problems`' to report."""
+    from .preflight import weight_paths
+
+    out = []
+    for path, keys, _ in weight_paths(profile, ("profiles", profile_name), archs):
+        if path and "${" not in path and Path(path).exists():
+            out.append((keys, weights_check(path, _weights_arch(profile, keys))))
+    return out
+
+
 def annotation_checks(data: Any) -> list[Check]:
     """The data folder and each annotation file the format reads, under any of the names it accepts."""
     from .data.formats import ANNOTATION_FILES, AnnotationError, find_file
@@ -539,12 +558,11 @@ def study_checks(study_path: str, profile_name: str, ray: RayInfo, address: str 
                                 f"{profile.seeds} seed(s), {profile.resources.gpu:g} GPU(s) a trial")]
     out += annotation_checks(profile.data)
     for path, keys, what in weight_paths(profile, ("profiles", profile_name), archs):  # one per arch trained
-        arch = keys[-1] if keys[-1] != "pretrained" else profile.backbone.arch
         problem = path_problem(path, keys, what)
         if problem is not None:
             out.append(Check("fail", "weights", *problem.message.split("; ", 1)))
         else:
-            out.append(weights_check(path, arch))
+            out.append(weights_check(path, _weights_arch(profile, keys)))
     for p in problems(profile, profile_name, cluster_cpus=ray.cpus, cluster_gpus=ray.gpus, cluster=address,
                       archs=archs):
         if p.kind != "data":

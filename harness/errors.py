@@ -91,7 +91,10 @@ def _unknown_key(title: str, loc: tuple) -> str:
 
 
 def _validation(path: str | Path, exc: ValidationError) -> str:
-    err = exc.errors()[0]
+    errors = exc.errors()
+    err = errors[0]
+    if err["type"] == "missing":  # a misspelt required key is both missing and unknown: the typo says more
+        err = next((e for e in errors if e["type"] == "extra_forbidden" and e["loc"][:-1] == err["loc"][:-1]), err)
     keys = tuple(k for k in err["loc"] if not str(k).startswith("function-"))
     cause = (err.get("ctx") or {}).get("error")
     named = _named_keys(cause)

@@ -101,4 +101,5 @@ TRIAL_YAML = "trial.yaml"  # a child's train config: what `harness train` reads
 STUDY_YAML = "study.resolved.yaml"  # the parent's study, profile resolved
 FUSION_MATRICES = "fusion_matrices.json"
 PREDICTIONS = "predictions.json"  # a child's per-clip validation predictions at the last epoch
+PRETRAINED = "pretrained.json"  # a child's ImageNet weights as loaded: path, sha256, missing and unexpected keys
 RESULTS_ARTIFACTS = "results"  # the parent's folder of table files

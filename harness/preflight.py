@@ -7,14 +7,19 @@ file is touched. Each failure names the key to fix.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import tempfile
-from collections.abc import Collection
+import uuid
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from .config import ConfigError, Profile
+from .files import WORK
+
+log = logging.getLogger(__name__)
 
 
 class PreflightError(ConfigError):
@@ -163,6 +168,59 @@ def check_writable(folder: str | Path) -> None:
         os.unlink(probe)
     except OSError as e:
         raise OSError(e.errno, e.strerror or str(e), str(folder)) from e
+
+
+STORAGE_FIX = ("pass --storage a folder that every node mounts at the same path (NFS), or an object store URI "
+               "Ray supports (--storage s3://BUCKET/PATH or gs://BUCKET/PATH)")
+
+
+def storage_folder(storage: str | None, study: str) -> Path | None:
+    """The local folder Ray's experiments of ``study`` go under: ``--storage`` (a path or ``file://``) or
+    ``work/ray/<study>`` as :func:`harness.study.engine.new_experiment` places them; None for a remote URI."""
+    if storage is None:
+        return (WORK / "ray" / study).resolve()
+    if "://" in storage and not storage.startswith("file://"):
+        return None
+    return Path(storage.removeprefix("file://")).expanduser().resolve()
+
+
+def storage_problem(folder: str, seen: Mapping[str, bool], *, default: bool) -> Problem | None:
+    """Why Ray's trial storage ``folder`` does not work on this cluster: ``seen`` says, for each live node,
+    whether it sees a marker file the driver wrote there (:func:`check_storage`). One node: always fine."""
+    if len(seen) < 2 or all(seen.values()):
+        return None
+    blind = sorted(node for node, ok in seen.items() if not ok)
+    what = f"Ray's trial storage {folder}" + (" (the default, under work/ray)" if default else " (--storage)")
+    return Problem(("--storage",), f"{what} is not seen by {len(blind)} of the {len(seen)} nodes of the Ray "
+                                   f"cluster ({', '.join(blind)}), so their trials could not checkpoint or "
+                                   f"resume; {STORAGE_FIX}", "resources")
+
+
+def check_storage(storage: str | None, study: str, address: str) -> None:
+    """On a Ray cluster of more than one node, every node must see Ray's trial storage (checkpoints, resume):
+    a marker file written there now is looked for on every node (:func:`harness.tune.session.seen_on_every_node`);
+    raise PreflightError when a node does not see it. An object store URI is not checked (every node reaches it
+    alike); a cluster that does not answer is logged and not checked."""
+    folder = storage_folder(storage, study)
+    if folder is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / f".harness-storage-{uuid.uuid4().hex[:12]}"
+    marker.write_text("harness run: shared-storage probe; safe to delete\n")
+    try:
+        from harness.tune.session import seen_on_every_node
+
+        seen = seen_on_every_node(address, str(marker))
+    finally:
+        marker.unlink(missing_ok=True)
+    if not seen:
+        log.warning("could not ask every Ray node whether it sees %s; shared storage not checked", folder)
+        return
+    problem = storage_problem(str(folder), seen, default=storage is None)
+    if problem is not None:
+        raise problem.error()
+    if len(seen) > 1:
+        log.info("Ray's trial storage %s: seen by all %d nodes", folder, len(seen))
 
 
 def local_resources() -> tuple[float, float]:

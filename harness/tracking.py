@@ -47,6 +47,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here; nothing to phone home
+# On an http:// server MLflow prints "View run ... at: URL" to stdout at every run's end (one extra request each):
+# dozens of lines amid the driver's own, which prints the runs page once (harness.ui.browse_line).
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType  # noqa: E402

@@ -26,6 +26,9 @@ browser's storage: model-training layout, assistant not opened. A choice the
 user made is kept. Without the plugin registered (an install older than
 this), the plain ``mlflow ui`` runs and the links still set the layout.
 
+With ``MLFLOW_TRACKING_URI=http://...`` (a shared tracking server) there is
+nothing to start: it prints each study's runs page on that server.
+
 Binding another host than 127.0.0.1 exposes every run to that network; the
 MLflow server has no authentication.
 """
@@ -207,6 +210,20 @@ def graphical_browser(env: Mapping[str, str], platform: str) -> bool:
 # ----------------------------------------------------------------------------- harness ui
 
 
+def server_url(uri: str) -> str | None:
+    """The base URL of a tracking server store (``MLFLOW_TRACKING_URI=http://...``): its UI is already served
+    there, nothing to start. None for a local store."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+
+
+def browse_line(uri: str, study: str, experiment_id: str | None) -> str:
+    """What ``harness run`` prints at its end: the study's runs page on the server, or how to serve a local store."""
+    server = server_url(uri)
+    if server is not None:
+        return f"browse the runs: {runs_url(server, str(experiment_id))}"
+    return f"browse the runs: harness ui --study {study}   (then {runs_url('http://127.0.0.1:5000', str(experiment_id))})"
+
+
 def main(args: Any) -> int:
     """``harness ui [--port P] [--host H] [--study NAME] [--no-browser]``."""
     from harness.files import WORK
@@ -221,6 +238,13 @@ def main(args: Any) -> int:
     experiments = chosen_studies(tracker, args.study)
     if experiments is None:
         return 1
+    server = server_url(uri)
+    if server is not None:  # a tracking server serves its own UI: nothing to start
+        links = study_links(tracker, server, experiments)
+        print_links(uri, server, links, serving=False)
+        if args.study and not args.no_browser:
+            open_in_browser(links[0].compare)
+        return 0
     proc = start(uri, host=args.host, port=args.port)
     # SIGTERM (a service manager, `timeout`) stops the server too, not only Ctrl-C
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -263,13 +287,14 @@ def open_in_browser(url: str | None) -> None:
         webbrowser.open(url)
 
 
-def print_links(uri: str, base: str, links: list[StudyLinks]) -> None:
-    print(f"MLflow UI for {uri}")
+def print_links(uri: str, base: str, links: list[StudyLinks], *, serving: bool = True) -> None:
+    print(f"MLflow UI for {uri}" if serving else f"MLflow UI of the tracking server {base}")
     for link in links:
         print(f"  {link.study}")
         print(f"    runs:    {link.runs}")
         print(f"    compare: {link.compare or 'no trial yet'}")
     if not links:
         print(f"  no study yet: {base}/")
-    print("Ctrl-C stops it.")
+    if serving:
+        print("Ctrl-C stops it.")
     sys.stdout.flush()

@@ -273,6 +273,9 @@ def test_a_study_with_a_profile_of_its_own_name_dry_runs(tmp_path, monkeypatch, 
      "profiles.laptop.data.fromat: unknown key; did you mean 'format'? valid keys: format, root, annotations,"),
     (lambda d: d["profiles"]["laptop"].update(extend="paper"), "extend:",
      "profiles.laptop.extend: unknown key; did you mean 'extends'? valid keys: extends, backbone, data,"),
+    # a misspelt required key: reported as the typo it is, not as "format: Field required"
+    (lambda d: d["profiles"]["laptop"]["data"].update(fromat=d["profiles"]["laptop"]["data"].pop("format")),
+     "fromat:", "profiles.laptop.data.fromat: unknown key; did you mean 'format'? valid keys: format, root,"),
 ])
 def test_an_unknown_key_lists_the_valid_ones_and_the_closest(tmp_path, capsys, edit, line_of, message):
     d = study_dict()

@@ -18,9 +18,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections import Counter
@@ -28,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import (clean_env, harness, kill_driver, kill_marked, marked_pids, start_harness, study_runs,
-                      write_study)
+from conftest import (EPOCH_LINE, Driver, clean_env, harness, kill_driver, kill_marked, kill_on, marked_pids,
+                      start_harness, study_runs, wait_for, write_study)
 
 KILL_SEED = 10
 # 2 epochs: with CheckpointConfig(num_to_keep=2) Ray then never deletes a checkpoint. With more, and epochs
@@ -38,7 +35,6 @@ KILL_SEED = 10
 # it does not exist on storage anymore"): a harness.tune issue, reported, not what this test is about.
 EPOCHS = 2
 KEYS = {f"tiny/laptop/{row}/seed{s}" for row in ("TSN", "TSM") for s in (0, 1)}
-EPOCH_LINE = ": epoch  "  # the driver's line for each new epoch it logs to MLflow ("INFO harness.tune: epoch  TSN-seed0  1/2 ...")
 # Lines the driver writes before any trial starts: profiling a row, fingerprinting the data, starting Ray.
 SETUP_LINES = ("profiled ", "data fingerprint ", " trials to run")
 # 4 trials x 2 epochs = 8 new epochs in all; killing at the 1st or 2nd new epoch of an invocation leaves at
@@ -46,61 +42,6 @@ SETUP_LINES = ("profiled ", "data fingerprint ", " trials to run")
 EPOCH_KILLS = (1, 2)
 # what may differ from the uninterrupted run: when and at which commit it ran; every number must match
 VOLATILE = ["date", "git_commit"]
-
-
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(poll)
-
-
-class Driver:
-    """``harness ARGS`` in its own session, its output read line by line (and copied to ``log``) as it comes."""
-
-    def __init__(self, args: list[str], cwd: Path, env: dict, log: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
-        self.lines: list[str] = []
-        self.seen = threading.Condition()
-        self.log = log
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        with open(self.log, "w") as out:
-            for line in self.proc.stdout:
-                out.write(line)
-                out.flush()
-                with self.seen:
-                    self.lines.append(line)
-                    self.seen.notify_all()
-        with self.seen:
-            self.lines.append(None)  # end of output: the driver exited
-            self.seen.notify_all()
-
-    def count(self, text: str) -> int:
-        return sum(1 for line in self.lines if line is not None and text in line)
-
-    def wait_line(self, text: str, n: int = 1, timeout: float = 300) -> bool:
-        """Block until the n-th line holding ``text`` is written; False if the driver exits first."""
-        with self.seen:
-            ok = self.seen.wait_for(lambda: self.count(text) >= n or None in self.lines, timeout)
-            assert ok, f"timed out after {timeout:.0f} s waiting for line {n} with {text!r}; see {self.log}"
-            return self.count(text) >= n
-
-
-def kill_on(driver: Driver, text: str, n: int, marker: str) -> str:
-    """SIGKILL the driver the moment its n-th line holding ``text`` appears; where the kill landed."""
-    seen = driver.wait_line(text, n)
-    with driver.seen:  # no new line is taken in while the kill is decided and sent
-        phase = "after exit" if not seen or driver.proc.poll() is not None else (
-            "trials" if driver.count(EPOCH_LINE) else "setup")
-        kill_driver(driver.proc, marker)
-    # nothing of Ray outlives the kill (zombies have no environment, so they are not counted)
-    wait_for(lambda: not kill_marked(marker), 30, "the marked processes to die", poll=0.5)
-    return phase
 
 
 def all_trial_runs(folder: Path) -> list:

@@ -64,3 +64,54 @@ def test_real_model_trains_data_parallel_on_two_cpu_workers(cluster, tmp_path):
     # after DDP steps every rank holds the same parameters, although each saw different data
     first, second = out["checksums"]
     assert first == pytest.approx(second, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_study_on_two_nodes_with_storage_outside_work_survives_a_killed_driver(cluster, tmp_path):
+    """A driver joined to the 2-node cluster with ``--storage`` outside ``work/`` (a folder both "nodes" see: they
+    share this machine) is SIGKILLed at its first epoch line and resumed: one child run per trial, every epoch
+    once, the Tune experiment under the storage, and ``harness tables`` rebuilds the table from MLflow."""
+    import uuid
+    from collections import Counter
+
+    import pandas as pd
+    from conftest import EPOCH_LINE, Driver, clean_env, harness, kill_marked, kill_on, study_runs, write_study
+
+    epochs = 2
+    folder, storage = tmp_path / "project", tmp_path / "shared" / "ray"
+    folder.mkdir()
+    write_study(folder, tmp_path / "synth", epochs=epochs, seeds=2)
+    args = ["run", "tiny.yaml", "--address", cluster.address, "--storage", str(storage)]
+    marker = uuid.uuid4().hex
+    env = clean_env(HARNESS_TEST_MARKER=marker)  # the driver only: the cluster's own processes are not marked
+    try:
+        driver = Driver(args, folder, env, folder / "driver-0.log")
+        assert kill_on(driver, EPOCH_LINE, 1, marker) == "trials", f"see {driver.log}"
+        r = harness([*args, "--resume"], folder, env=env)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    finally:
+        kill_marked(marker)
+    assert not (folder / "work" / "ray").exists(), "Ray's trials went to --storage, not work/ray"
+    [experiment] = [p for p in storage.iterdir() if p.is_dir()]  # the resume restored the same experiment
+    assert experiment.name.startswith("laptop-") and list(experiment.glob("*/checkpoint_*"))
+
+    t, parents, _ = study_runs(folder)
+    assert len(parents) == 1 and parents[0].status == "FINISHED"
+    assert parents[0].tags["harness.ray_experiment"] == str(experiment)
+    runs = [r for r in t.runs("tiny", deleted=True) if "harness.trial_key" in r.tags]
+    keys = {f"tiny/laptop/{row}/seed{s}" for row in ("TSN", "TSM") for s in (0, 1)}
+    assert Counter(r.tags["harness.trial_key"] for r in runs) == Counter(keys), "one child run per trial"
+    for run in runs:
+        assert run.status == "FINISHED", run.tags["harness.trial_key"]
+        steps = [step for step, _ in t.metric_history(run.run_id, "val_top1")]
+        assert sorted(steps) == list(range(1, epochs + 1)), (run.tags["harness.trial_key"], steps)
+    assert {r.tags["harness.node_id"] for r in runs} <= {n.node_id for n in cluster.list_all_nodes()}
+
+    written = folder / "results" / "tiny.csv"
+    kept = pd.read_csv(written).drop(columns=["date"])
+    for p in (folder / "results").iterdir():
+        p.unlink()
+    r = harness(["tables", "tiny.yaml"], folder)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert (folder / "results" / "tiny.md").exists()
+    pd.testing.assert_frame_equal(pd.read_csv(written).drop(columns=["date"]), kept)  # from MLflow alone

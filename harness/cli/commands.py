@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 from harness.errors import describe, fail_config, fail_environment
 
 if TYPE_CHECKING:
-    from harness.config import Study, TrainConfig
+    from collections.abc import Collection
+
+    from harness.config import Profile, Study, TrainConfig
     from harness.study.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     """``harness run STUDY [--profile P] [--seeds N] [--address A] [--max-concurrent N] [--storage S]
     [--resume] [--dry-run [--gpus N] [--throughput X]]``."""
     from harness.config import load_study, trained_archs
-    from harness.preflight import check_writable, problems
+    from harness.preflight import PreflightError, check_writable, problems
     from harness.study.kinds import KINDS
     from harness.study.plan import RunOptions, resolve_profile
 
@@ -39,13 +41,16 @@ def run(args: argparse.Namespace) -> int:
         study = load_study(args.study)
         profile = resolve_profile(study, args.profile, args.seeds)
         cpus, gpus = _resources(on_cluster)
+        archs = trained_archs(study, args.profile)
         found = problems(profile, args.profile, cluster_cpus=cpus, cluster_gpus=gpus, cluster=on_cluster,
-                         archs=trained_archs(study, args.profile))
+                         archs=archs)
         # a dry run costs a plan for another machine: missing data or resources here are warnings then
         later = [p for p in found if args.dry_run and p.kind in ("data", "resources")]
         blocking = [p for p in found if p not in later]
         if blocking:
             raise blocking[0].error()
+        # the ImageNet files by SHA-256 (a partial download fails here, not in every trial); not for a dry run
+        weights = [] if args.dry_run else _weights(profile, args.profile, archs)
         kind = KINDS[study.kind]
         plan = kind.plan(study, args.profile, profile)
         if args.until_resolved and (not plan.trials or study.regimes):
@@ -57,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         return fail_config(args.study, exc)
     for problem in later:
         print(f"warning: {describe(args.study, problem.error())}", file=sys.stderr)
+    for keys, message in weights:
+        print(f"warning: {describe(args.study, PreflightError(keys, message))}", file=sys.stderr)
     from harness.plugins import PluginError, check_workers
 
     try:  # before any trial: a plugin block the Ray workers cannot import is a config error, with the reason
@@ -74,6 +81,16 @@ def run(args: argparse.Namespace) -> int:
             check_writable(folder)
     except OSError as exc:
         return fail_environment(exc, 2)
+    if on_cluster:  # before any trial: nodes that cannot see the trial storage could not checkpoint or resume
+        from harness.preflight import check_storage
+
+        try:
+            check_storage(args.storage, study.name, on_cluster)
+        except PreflightError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # the storage folder cannot be created here
+            return fail_environment(exc, 2)
     from harness.study.engine import execute
 
     try:
@@ -81,6 +98,21 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # a disk that filled up or turned read-only during the run
         return fail_environment(exc, 1, then=f"fix it, then continue with: harness run {args.study} "
                                              f"--profile {args.profile} --resume")
+
+
+def _weights(profile: "Profile", name: str, archs: "Collection[str]") -> list[tuple[tuple, str]]:
+    """The ImageNet files the rows load, checked before any trial as ``harness doctor`` does (by SHA-256 against
+    torchvision's releases, else by the state_dict's keys): raises PreflightError for the first that cannot be
+    right (a partial download, another arch's file, not a ResNet state_dict); the warnings (V2 weights, a file
+    of unknown origin) as (key path, message)."""
+    from harness.doctor import weights_findings
+    from harness.preflight import PreflightError
+
+    found = weights_findings(profile, name, archs)
+    for keys, check in found:
+        if check.level == "fail":
+            raise PreflightError(keys, f"{check.detail}; {check.fix}" if check.fix else check.detail)
+    return [(keys, f"{c.detail}; {c.fix}" if c.fix else c.detail) for keys, c in found if c.level == "warn"]
 
 
 def _resources(address: str | None) -> tuple[float | None, float | None]:

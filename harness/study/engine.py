@@ -38,7 +38,7 @@ from harness.protocol import Protocol
 from harness.study.kinds import Kind
 from harness.study.plan import Launch, Plan, RunOptions, data_key
 from harness.tracking import DONE, RunRecord, Tracker, default_uri, git_commit
-from harness.ui import runs_url
+from harness.ui import browse_line
 
 if TYPE_CHECKING:  # Ray is imported when trials run, not for a dry run
     from harness.tune.callback import MlflowCallback
@@ -343,6 +343,8 @@ def interrupted(study: Study, kind: Kind, tracker: Tracker, parent_id: str, opts
     if now_done - was_done:
         kind.report(study, opts.profile, tracker, parent_id, opts.out_dir)
     cmd = f"harness run {opts.study_path}" + (f" --profile {opts.profile}" if opts.profile != "laptop" else "")
+    cmd += "".join(f" --{flag} {value}" for flag, value in (("address", opts.address), ("storage", opts.storage))
+                   if value)  # a resume must find the same cluster and trial storage
     print(f"interrupted: nothing lost; continue with `{cmd} --resume`", file=sys.stderr)
     return 130
 
@@ -363,7 +365,6 @@ def publish(study: Study, kind: Kind, tracker: Tracker, parent_id: str, opts: Ru
     print(report.text)
     exp_id = tracker.experiment_id(study.name, create=False)
     print(f"wall time {wall_s:.0f} s; results: {', '.join(str(p) for p in report.paths.values())}")
-    print(f"browse the runs: harness ui --study {study.name}   "
-          f"(then {runs_url('http://127.0.0.1:5000', str(exp_id))})")
+    print(browse_line(tracker.uri, study.name, exp_id))
     sys.stdout.flush()
     return 1 if bad else 0

@@ -65,7 +65,7 @@ class TrainResult:
     fusion_matrices: list[list[list[float]]] = field(default_factory=list)
     ir_interactions: int | None = None
     num_params: int = 0
-    pretrained: dict[str, Any] | None = None  # path, missing and unexpected keys
+    pretrained: dict[str, Any] | None = None  # path, sha256, missing and unexpected keys
     predictions: Predictions | None = None  # per val clip, at the last epoch
 
     @property

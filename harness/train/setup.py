@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import pickle
 import random
@@ -129,10 +130,17 @@ def check_pretrained(cfg: TrainConfig) -> None:
 
 
 def load_pretrained(model: nn.Module, path: str) -> dict[str, Any]:
-    """Load a torchvision-format ImageNet ResNet (weights_only=True); blocks.load_pretrained logs the keys."""
+    """Load a torchvision-format ImageNet ResNet (weights_only=True); blocks.load_pretrained logs the keys.
+    Returns what was loaded: the path, the file's SHA-256 (torchvision names its files after the first 8 hex
+    digits; ``harness doctor`` knows them), and the missing and unexpected keys."""
     try:
         missing, unexpected = blocks.load_pretrained(model, path)
     except pickle.UnpicklingError as e:  # torch's own text advises weights_only=False: never
         raise ValueError(f"backbone.pretrained {path}: refused by torch.load(weights_only=True): "
                          f"{checkpoint.refusal(e)}; use a plain state_dict file") from e
-    return {"path": str(path), "missing": list(missing), "unexpected": list(unexpected)}
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"path": str(path), "sha256": digest.hexdigest(), "missing": list(missing),
+            "unexpected": list(unexpected)}

@@ -19,9 +19,10 @@ here unless set; Ray's default lags ~8 s), and the tracking side is keyed by
 trial, so a trial Ray re-runs after a crash updates its own child run.
 
 On a cluster of more than one node, the experiment's storage must be a folder
-every node sees (NFS) or an object store URI (``harness run --storage``), and
-every node needs this package installed in the same environment, with the data
-at the same path (docs/paper-profile.md).
+every node sees (NFS) or an object store URI (``harness run --storage``;
+``harness.preflight.check_storage`` refuses a local folder a node does not see
+before any trial), and every node needs this package installed in the same
+environment, with the data at the same path (docs/paper-profile.md).
 """
 import os
 
@@ -32,3 +33,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network here
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # the Tune-drives-Train pattern of tune.ddp (Ray 2.60's default)
+# Ctrl-C is the engine's (harness.study.engine.interrupted: parent KILLED, exit 130, one line). Tune's own SIGINT
+# handler would swallow it: it stops the loop, prints its `Tuner.restore(path=..., trainable=...)` hint and
+# returns normally, so the engine would see a run that merely left trials unfinished. Forced, not a default.
+os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"

@@ -24,7 +24,7 @@ from harness.train import PREDICTIONS_KEY
 from harness.trial import TrialSpec
 from harness.tune.ddp import BACKEND
 from harness.tune.experiment import spec_of, trial_name
-from harness.tune.fitting import FINAL, FUSION_MATRICES, NODE_ID, PRUNED_FLOPS, REASON, STATUS, SUMMARY
+from harness.tune.fitting import FINAL, FUSION_MATRICES, NODE_ID, PRETRAINED, PRUNED_FLOPS, REASON, STATUS, SUMMARY
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 NOT_METRICS = set(AUTO_RESULT_KEYS) | {
     "done", "trial_id", "experiment_tag", "should_checkpoint", "iterations_since_restore",
     "time_since_restore", "timesteps_since_restore", "warmup_time", "pid", "episodes_total",
-    "timesteps_total", FINAL, NODE_ID, STATUS, REASON, FUSION_MATRICES, PREDICTIONS_KEY, BACKEND,
+    "timesteps_total", FINAL, NODE_ID, STATUS, REASON, FUSION_MATRICES, PRETRAINED, PREDICTIONS_KEY, BACKEND,
 }
 
 
@@ -114,6 +114,8 @@ class MlflowCallback(tune.Callback):
         elif not final and self.tracker.last_epoch(run_id) < spec.epochs:  # ASHA stops a trial before its summary
             tags[names.STOPPED_EARLY] = str(self.tracker.last_epoch(run_id))
         artifacts = {names.FUSION_MATRICES: json.loads(final[FUSION_MATRICES])} if final.get(FUSION_MATRICES) else {}
+        if final.get(PRETRAINED):  # which ImageNet file the trial loaded, and what of it did not fit
+            artifacts[names.PRETRAINED] = json.loads(final[PRETRAINED])
         if self.tracker.finish_child(run_id, final.get(STATUS) or "FINISHED", summary=summary, tags=tags,
                                      artifacts=artifacts):
             self._done.add(spec.key)

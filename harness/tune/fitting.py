@@ -39,6 +39,7 @@ STATUS, REASON = "status", "reason"
 NODE_ID = "node_id"
 PRUNED_FLOPS = "pruned_flops"  # 1: a search sample over the FLOPs budget, never trained
 FUSION_MATRICES = "fusion_matrices"  # JSON text: the fusion layers' weights at the end
+PRETRAINED = "pretrained"  # JSON text: the ImageNet weights as loaded (path, sha256, missing / unexpected keys)
 SUMMARY = (names.BEST_TOP1, names.LAST_TOP1, names.BEST_EPOCH, names.NUM_PARAMS, names.IR_INTERACTIONS,
            names.EPOCHS_DONE)
 
@@ -103,4 +104,5 @@ def run_trial(spec: TrialSpec, out_dir: Path, report_to: ReportTo, checkpoint: A
         names.EPOCHS_DONE: len(result.history), names.NUM_PARAMS: result.num_params,
         names.IR_INTERACTIONS: result.ir_interactions, **extra,
         FUSION_MATRICES: json.dumps(result.fusion_matrices) if result.fusion_matrices else "",
+        PRETRAINED: json.dumps(result.pretrained) if result.pretrained else "",
     })

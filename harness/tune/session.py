@@ -79,6 +79,20 @@ def on_every_node(fn: Callable[[], Any], timeout: float) -> dict[str, Any]:
         return {}
 
 
+def seen_on_every_node(address: str, path: str, timeout: float = 60) -> dict[str, bool]:
+    """Join the cluster at ``address`` and ask every live node whether it sees ``path``: {node: seen}.
+
+    Used with a marker file written just before (:func:`harness.preflight.check_storage`): a node that
+    answers True sees the driver's folder itself, not a local folder of the same name. Empty when not
+    every node answered within ``timeout``. Leaves a cluster it joined (never stops it).
+    """
+    def sees() -> bool:  # nested: cloudpickle ships it by value, no import of this module on the nodes
+        return os.path.exists(path)
+
+    with session(address):
+        return {node: bool(seen) for node, seen in on_every_node(sees, timeout).items()}
+
+
 def cluster_resources(address: str) -> tuple[float, float]:
     """CPUs and GPUs of the Ray cluster at ``address``, from a short connection made before any run or trial.
 
