@@ -337,3 +337,15 @@ def study_runs_of(*trials, tags: dict | None = None, status: str = "FINISHED", e
     from harness.tracking import RunRecord, StudyRuns
 
     return StudyRuns(RunRecord("p1", "parent", "1", status, 0, end_time, dict(tags or {}), {}, {}), list(trials))
+
+
+@pytest.fixture(autouse=True)
+def no_ray_left_connected(request):
+    """A test that leaves this process joined to a Ray would hand its Ray to the next test (whose trials then
+    run on the wrong cluster); disconnect it and fail the test that leaked it."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    ray.shutdown()
+    pytest.fail(f"{request.node.nodeid} left this process connected to Ray; disconnect in the test")

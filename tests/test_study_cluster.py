@@ -16,6 +16,7 @@ def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
+    ray.shutdown()  # a Ray joined earlier in this process would take the trials elsewhere
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     c.add_node(num_cpus=1)
     c.wait_for_nodes()
@@ -47,18 +48,16 @@ def test_study_trials_land_on_both_nodes_of_a_cluster(cluster, tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_real_model_trains_data_parallel_on_two_cpu_workers(cluster, tmp_path):
-    import ray
-
     from harness.config import TrainConfig
     from harness.tune.ddp import ddp_smoke
+    from harness.tune.session import session
 
-    if not ray.is_initialized():
-        ray.init(address=cluster.address)
     cfg = TrainConfig.model_validate({
         "backbone": {"arch": "tiny", "width": 4}, "row": {"block": "vps", "proportion": 0.25},
         "data": {"format": "synth", "root": str(tmp_path / "unused"), "frames": 4, "size": 16},
         "recipe": {"batch_size": 4, "lr": 0.1, "threads": 1}})
-    out = ddp_smoke(cfg.model_dump(mode="json"), num_classes=10, workers=2, steps=2, storage=tmp_path / "ray")
+    with session(cluster.address):
+        out = ddp_smoke(cfg.model_dump(mode="json"), num_classes=10, workers=2, steps=2, storage=tmp_path / "ray")
     assert out["world_size"] == 2 and out["backend"] == "gloo"
     assert len(out["losses"]) == 2
     # after DDP steps every rank holds the same parameters, although each saw different data

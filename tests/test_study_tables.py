@@ -107,7 +107,7 @@ def test_resumed_trial_continues_its_own_run(tracker, study):
     assert sorted(steps) == [(1, 10.0), (2, 12.0)]
 
 
-def test_table_from_mlflow_has_mean_std_paper_and_delta(tracker, study, tmp_path):
+def test_table_from_mlflow_has_mean_interval_paper_and_delta(tracker, study, tmp_path):
     from harness.tables import grid as tables
 
     parent = tracker.start_parent("mini", "laptop", params={}, tags={"harness.seeds": "2",
@@ -129,7 +129,11 @@ def test_table_from_mlflow_has_mean_std_paper_and_delta(tracker, study, tmp_path
     assert csv.loc["TSM", "gflops_224"] == pytest.approx(32.9)
     md = paths["md"].read_text()
     assert "profile laptop" in md and "2 seed(s)" in md and "commit abc123" in md
-    assert "55.0 ± 7.1" in md
+    # the cell is the mean with its 95% interval (2 seeds: the variance pooled over both rows, marked †)
+    low, high = csv.loc["TSM", "top1_low"], csv.loc["TSM", "top1_high"]
+    assert low < 55.0 < high and csv.loc["TSM", "top1_pooled"]
+    assert f"55.0 [{low:.1f}, {high:.1f}]†" in md
+    assert "| TSM vs TSN | +43.5 [" in md and "0 of 1 orderings resolved at 2 seeds" in md
     assert paths["tex"].read_text().lstrip().startswith("% mini: profile laptop")
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
     assert not list((tmp_path / "results").glob(".*.tmp"))  # atomic writes leave no temp files

@@ -15,14 +15,21 @@ log = logging.getLogger(__name__)
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
-    """Join a cluster (``address`` or ``RAY_ADDRESS``) or start a local Ray; True if we started it.
+    """Join a cluster (``address`` or ``RAY_ADDRESS``) or start a local Ray; True if this call connected.
 
     A local Ray gets one CPU slot per core, so trials that each ask for one CPU
-    run one per core (2 cores -> 2 one-thread trials). No dashboard.
+    run one per core (2 cores -> 2 one-thread trials). No dashboard. A Ray this
+    process had already joined is kept (False), unless it is another cluster than
+    ``address``: then we stop rather than run the study somewhere else.
     """
-    if ray.is_initialized():
-        return False
     address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        joined = ray.get_runtime_context().gcs_address
+        # a ray:// client address names another port than the GCS address; only host:port is comparable
+        if address and address != "auto" and "://" not in address and address != joined:
+            raise RuntimeError(f"this process is already connected to the Ray cluster at {joined}, "
+                               f"not {address}; call ray.shutdown() first")
+        return False
 
     def quiet_train_cleaner() -> None:  # nested, so cloudpickle ships it by value: no import in each worker
         # Ray Train's placement-group cleaner asks the State API every second whether the run's controller
@@ -34,7 +41,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
     if address:
         ray.init(address=address, logging_level=logging.WARNING, runtime_env=job_env)
         log.info("joined Ray cluster at %s: %s", address, ray.cluster_resources())
-        return False
+        return True
     # address="local": a new instance, never one found in /tmp/ray/ray_current_cluster by accident
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
              logging_level=logging.WARNING, runtime_env=job_env)
@@ -47,7 +54,7 @@ def shutdown() -> None:
 
 @contextlib.contextmanager
 def session(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[None]:
-    """:func:`connect` for the block; shuts down only a Ray it started itself (never a user's cluster)."""
+    """:func:`connect` for the block, then disconnect what it connected (a joined cluster keeps running)."""
     owned = connect(address, num_cpus=num_cpus)
     try:
         yield
