@@ -57,19 +57,13 @@ bench: $(STAMP)
 	$(BIN)/harness bench harness --epochs $(BENCH_EPOCHS) --format md > $(BENCH)/harness.md
 	$(BIN)/harness bench report $(BENCH)/blocks.md $(BENCH)/data.md $(BENCH)/harness.md --out results/bench.md
 
-# data.decoder: gpu, on a machine with a CUDA GPU (and CUDA torch, torchcodec, FFmpeg's libraries): the bench's
-# real-size WebM and MP4 files decoded by decord and by torchcodec on the GPU, with the pixel difference and the
-# time of each (harness/data/gpu.py). Without a GPU it stops at once, saying what is missing.
-gpu-check: $(STAMP)
-	$(BIN)/python -c "from harness.data.realsize import ensure_set; [ensure_set(f, 'work/bench-data/' + f, 16) for f in ('sthv2', 'k400')]"
-	$(BIN)/python -m harness.data.gpu work/bench-data/sthv2/*.webm work/bench-data/k400/*/*.mp4
-
 clean:
 	rm -rf $(VENV) work
 
 # On one CUDA GPU, in under 5 minutes: a few paper-recipe training steps of every Table 1 block (ResNet-50, 8x112,
-# batch 8, autocast), 2-clip x 3-crop evaluation, DDP (nccl / gloo, 2 ranks and 1, and Ray Train's path) and the
-# block bench -> results/gpu-check.md. Needs a CUDA build of torch (`harness doctor` says); refuses without a GPU.
+# batch 8, autocast), 2-clip x 3-crop evaluation, DDP (nccl / gloo, 2 ranks and 1, and Ray Train's path), the
+# block bench and, where torchcodec is installed, data.decoder: gpu against decord on real-size WebM and MP4
+# (harness/data/gpu.py) -> results/gpu-check.md. Needs a CUDA build of torch (`harness doctor` says); refuses without a GPU.
 # Its CPU-safe parts run in the tests: python -m harness.gpucheck --device cpu --tiny.
 gpu-check: $(STAMP)
 	$(BIN)/python -m harness.gpucheck --out results/gpu-check.md

@@ -23,6 +23,10 @@ this is the first thing to run on one. Sections, each pass or fail:
    with its time ratios and goals. Its table has the bench's own title and
    columns, so ``harness run --dry-run --throughput results/gpu-check.md``
    costs a study with the measured rates.
+5. **gpu decoder**: where torchcodec is installed, ``data.decoder: gpu`` against
+   decord on real-size WebM and MP4 files (``harness.data.gpu.compare``): frame
+   counts, pixel difference, time. Without torchcodec it says so and passes
+   (decord stays the default decoder).
 
 Exit 0 when every section passed, 1 otherwise, 2 when there is no CUDA device
 to check (``--device cuda`` on a machine without one).
@@ -394,6 +398,23 @@ def bench_section(setup: Setup, repeats: int) -> Section:
     return Section("bench blocks", True, body)
 
 
+def decoder_section() -> Section:
+    """``data.decoder: gpu`` against decord on real-size WebM and MP4 files (written once into work/bench-data);
+    passes with a note where torchcodec is not installed: the GPU decoder is optional, decord is the default."""
+    from .config import Data
+    from .data.formats import DataError
+    from .data.gpu import check, compare
+    from .data.realsize import ensure_set
+
+    try:
+        check(Data(format="sthv2", root=".", decoder="gpu"))
+    except DataError as e:
+        return Section("gpu decoder", True, f"not checked (only `data.decoder: gpu` needs it): {e}")
+    files = [*sorted(ensure_set("sthv2", "work/bench-data/sthv2", 16).glob("*.webm")),
+             *sorted(ensure_set("k400", "work/bench-data/k400", 16).glob("*/*.mp4"))]
+    return Section("gpu decoder", True, "\n".join(f"- {line}" for line in compare([str(f) for f in files])))
+
+
 # ----------------------------------------------------------------------------- the report
 
 
@@ -456,6 +477,8 @@ def run_sections(setup: Setup, *, skip: set[str], repeats: int) -> list[Section]
         sections.append(_guarded("ddp", lambda: ddp_section(setup, ddp_row, "ray" not in skip)))
     if "bench" not in skip:
         sections.append(_guarded("bench blocks", lambda: bench_section(setup, repeats)))
+    if "decoder" not in skip:
+        sections.append(_guarded("gpu decoder", decoder_section))
     return sections
 
 
@@ -484,8 +507,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="training steps per row (default 3)")
     p.add_argument("--batch", type=int, default=None, help="clips a step (default 8; 2 with --tiny)")
     p.add_argument("--repeats", type=int, default=10, help="bench repeats (default 10)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["ddp", "ray", "bench"],
-                   help="sections to leave out (--tiny leaves out ray and bench)")
+    p.add_argument("--skip", nargs="*", default=[], choices=["ddp", "ray", "bench", "decoder"],
+                   help="sections to leave out (--tiny leaves out ray, bench and decoder)")
     p.add_argument("--out", default="results/gpu-check.md")
     args = p.parse_args(argv)
     if args.steps < 1:
@@ -506,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     setup = setup_for(args.study, device=args.device, tiny=args.tiny, batch=args.batch, steps=args.steps)
-    skip = set(args.skip) | ({"ray", "bench"} if args.tiny else set())
+    skip = set(args.skip) | ({"ray", "bench", "decoder"} if args.tiny else set())
     sections = run_sections(setup, skip=skip, repeats=args.repeats)
     text = render(device_line(args.device), sections, commit=git_commit(), wall_s=time.perf_counter() - start,
                   tiny=args.tiny)

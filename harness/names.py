@@ -26,6 +26,7 @@ REGIME = "harness.regime"  # probe studies: the train/test condition
 SAMPLE = "harness.search_trial"  # search studies: the sample's number, 1-based
 COMMIT = "harness.git_commit"  # short HEAD, "+dirty" when the tree had changes
 SEEDS = "harness.seeds"  # parent: seeds per row
+MACHINE = "harness.machine"  # parent: the driver's CPU, cores, torch build and GPUs (harness.device.describe)
 STUDY_FILE = "harness.study_file"
 WALL_S = "harness.wall_s"  # parent: seconds of the invocations that ran to their end, summed
 RAY_EXPERIMENT = "harness.ray_experiment"  # parent: the Ray Tune experiment folder or URI

@@ -60,3 +60,10 @@ def test_bench_section_reads_back_as_a_bench_report(monkeypatch):
     assert (got.batch, got.frames, got.size, got.device) == (8, 8, 112, "cpu")
     assert got.rates == pytest.approx({"TSN": 200.0, "Ours": 160.0})
     assert "- Ours: time ratio 1.250, goal <= FLOPs ratio 1.096 + 0.05 = 1.146: missed" in report
+
+
+def test_gpu_decoder_section_says_what_is_missing_without_torchcodec():
+    """torchcodec is not installed here (its wheel is a CUDA build): the section passes and names the install."""
+    section = gpucheck.decoder_section()
+    assert section.ok and section.body.startswith("not checked (only `data.decoder: gpu` needs it)")
+    assert "pip install torchcodec" in section.body

@@ -9,7 +9,7 @@ documented API (``VideoDecoder(path, device="cuda")``, ``get_frames_at``) and
 has not run: the machine it was written on has no GPU, and torchcodec's PyPI
 wheel is a CUDA build that cannot load beside CPU torch. The CPU path
 (decord, simplejpeg) stays the default and the tested one. ``python -m
-harness.data.gpu FILE...`` (``make gpu-check``) decodes files both ways on a
+harness.data.gpu FILE...`` (a section of ``make gpu-check``) decodes files both ways on a
 GPU machine and prints the pixel difference and the speed of each.
 
 What it needs: a CUDA GPU, a CUDA build of torch (PyPI's default on Linux),
@@ -93,17 +93,12 @@ def open_gpu(entry: Entry) -> GpuVideoClip:
     return GpuVideoClip(entry.path, entry.num_frames)
 
 
-def main(paths: list[str]) -> int:
-    """``python -m harness.data.gpu FILE...``: each file decoded by decord (CPU) and torchcodec (GPU)."""
-    from .formats import Entry
+def compare(paths: list[str]) -> list[str]:
+    """Each file decoded by decord (CPU) and torchcodec (GPU): a line with frame counts, pixel difference, times."""
     from .sampling import val_indices
     from .video import open_entry
 
-    try:
-        check(Data(format="sthv2", root=".", decoder="gpu"))
-    except DataError as e:
-        print(f"gpu-check: {e}", file=sys.stderr)
-        return 2
+    lines = []
     for p in paths:
         cpu = open_entry(Entry(Path(p), 0))
         gpu = GpuVideoClip(Path(p))
@@ -116,8 +111,19 @@ def main(paths: list[str]) -> int:
         diff = np.abs(a.astype(np.int16) - b.astype(np.int16)) if a.shape == b.shape else None
         what = (f"mean |diff| {diff.mean():.2f}, max {diff.max()}" if diff is not None
                 else f"shapes differ: {a.shape} vs {b.shape}")
-        print(f"{p}: frames {cpu.num_frames} (cpu) / {gpu.num_frames} (gpu); {what}; "
-              f"8 frames in {1e3 * (t1 - t0):.1f} ms (cpu) / {1e3 * (t2 - t1):.1f} ms (gpu)")
+        lines.append(f"{p}: frames {cpu.num_frames} (cpu) / {gpu.num_frames} (gpu); {what}; "
+                     f"8 frames in {1e3 * (t1 - t0):.1f} ms (cpu) / {1e3 * (t2 - t1):.1f} ms (gpu)")
+    return lines
+
+
+def main(paths: list[str]) -> int:
+    """``python -m harness.data.gpu FILE...``: each file decoded by decord (CPU) and torchcodec (GPU)."""
+    try:
+        check(Data(format="sthv2", root=".", decoder="gpu"))
+    except DataError as e:
+        print(f"gpu decoder: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(compare(paths)))
     return 0
 
 

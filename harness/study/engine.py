@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness import names, stats
+from harness import device, names, stats
 from harness.config import Data, Study
 from harness.data.fingerprint import fingerprint
 from harness.data.synth import ensure_synth
@@ -234,7 +234,8 @@ def start_parent(tracker: Tracker, plan: Plan, opts: RunOptions, commit: str) ->
     resolved = study.model_dump(mode="json")
     resolved["profiles"] = {plan.profile_name: plan.profile.model_dump(mode="json")}
     run_id = tracker.start_parent(study.name, plan.profile_name, params=plan.parent_params(), tags={
-        **_commit_tags(commit), names.SEEDS: str(plan.profile.seeds), names.STUDY_FILE: opts.study_path})
+        **_commit_tags(commit), names.SEEDS: str(plan.profile.seeds), names.STUDY_FILE: opts.study_path,
+        names.MACHINE: device.describe()})
     tracker.log_text(run_id, yaml.safe_dump(resolved, sort_keys=False), names.STUDY_YAML)
     if plan.parent_metrics():
         tracker.log_metrics(run_id, plan.parent_metrics())

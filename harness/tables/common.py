@@ -183,7 +183,8 @@ def header(study: Study, profile: str, runs: StudyRuns, frame: pd.DataFrame) -> 
         if len(by_design) > 1:
             traced["protocol"] = "per row (see the protocol column)"
     return {"study": study.name, "profile": profile, "seeds": seeds, "date": when(p),
-            "commit": p.tags.get(names.COMMIT, "unknown"), "parent_run": p.run_id, "status": p.status, **traced,
+            "commit": p.tags.get(names.COMMIT, "unknown"), "machine": p.tags.get(names.MACHINE, NOT_RECORDED),
+            "parent_run": p.run_id, "status": p.status, **traced,
             "paper_epoch": study.paper_epoch}
 
 
@@ -198,7 +199,7 @@ def seed_range(trials: pd.DataFrame) -> str:
 
 def header_line(h: Mapping[str, str]) -> str:
     return (f"{h['study']}: profile {h['profile']}, protocol {h['protocol']}, data fingerprint {h['data']}, "
-            f"{h['seeds']} seed(s), {h['date']}, commit {h['commit']} "
+            f"{h['seeds']} seed(s), {h['date']}, commit {h['commit']}, machine {h.get('machine', NOT_RECORDED)} "
             f"(MLflow parent run {h['parent_run']}, {h['status']})")
 
 

@@ -185,7 +185,8 @@ def render(study: Study, profile: str, runs: StudyRuns, frame: pd.DataFrame,
         f"{study.name}: profile {profile}, {p.params.get('sampler', '')}; "
         f"{len(frame)} of {p.params.get('num_samples', '?')} samples in MLflow, "
         f"{p.params.get('max_concurrent', '?')} at a time; {when(p)}, "
-        f"commit {p.tags.get(names.COMMIT, 'unknown')} (MLflow parent run {p.run_id}, {p.status})"
+        f"commit {p.tags.get(names.COMMIT, 'unknown')}, machine {p.tags.get(names.MACHINE, 'not recorded')} "
+        f"(MLflow parent run {p.run_id}, {p.status})"
         + (f"; wall time {float(wall):.0f} s" if wall else "") + ".", "", *([missing, ""] if missing else []),
         f"GFLOPs: per clip on the paper backbone ({base_row(study)[1].backbone}, {study.num_classes} classes) at "
         f"{frames} frames x {size} px, fvcore (`harness profile`). Budget: "
