@@ -87,14 +87,17 @@ def num(v: Any, fmt: str = "{:.2f}") -> str:
     return "-" if v is None or pd.isna(v) else fmt.format(v)
 
 
-def interval_cell(r: Mapping[str, Any], prefix: str) -> str:
+def interval_cell(r: Mapping[str, Any], prefix: str, bounds: tuple[float, float] | None = (0.0, 100.0)) -> str:
     """``62.8 [55.1, 70.5]†`` from a table line's ``<prefix>_mean``, ``_low``, ``_high``, ``_pooled``; the mean
-    alone without an interval; ``-`` without a value."""
+    alone without an interval; ``-`` without a value. The printed interval stays within ``bounds`` (an accuracy
+    lies in 0-100 whatever the t interval says; the CSV keeps the unclipped ends); None for a difference."""
     mean, low, high = value(r.get(f"{prefix}_mean")), value(r.get(f"{prefix}_low")), value(r.get(f"{prefix}_high"))
     if mean is None:
         return "-"
     if low is None or high is None:
         return f"{mean:.1f}"
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
     return f"{mean:.1f} [{low:.1f}, {high:.1f}]" + ("†" if value(r.get(f"{prefix}_pooled")) else "")
 
 

@@ -288,7 +288,7 @@ def backbone_notes(study: Study, profile: str) -> list[str]:
 
 NOTE = ("params and GFLOPs: the row on the paper backbone (fvcore, one multiply-add = one FLOP, per clip of "
         "the paper profile's frames for the row, or the paper's 8 frames where the study has no paper profile). "
-        "top-1/top-5: validation accuracy (%) at the last epoch, mean [95% interval] over seeds (seeds: finished "
+        "top-1/top-5: validation accuracy (%) at the last epoch, mean [95% interval, printed within 0-100] over seeds (seeds: finished "
         "of run); 'best epoch' picks the best epoch on that same validation set. Δ top-1 = our top-1 at the "
         "paper's epoch (below) − paper. Under the laptop profile "
         "(synthetic reversal-paired data, tiny ResNet) only the ordering of rows compares with the paper.")

@@ -163,7 +163,7 @@ def probe_display(frame: pd.DataFrame) -> pd.DataFrame:
         "row": r["row"], "regime": r["regime"] or "-",
         "top-1": interval_cell(r, "top1"),
         "worst-cell top-1": interval_cell(r, "worst"),
-        "spread (best − worst cell)": interval_cell(r, "spread"),
+        "spread (best − worst cell)": interval_cell(r, "spread", bounds=None),
         "lowest mean cell (size/speed)": r["worst_cell"] or "-",
         "seeds": f"{r['seeds']}/{r['trials']}"} for _, r in frame.iterrows()])
 
