@@ -76,6 +76,7 @@ def test_driver_killed_at_random_points_resumes_to_the_uninterrupted_table(tmp_p
         assert landed == ["setup", "trials", "trials"], f"kills landed at {landed}; see {killed}/driver-*.log"
         r = harness(["run", "tiny.yaml", "--resume"], killed, env=env)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        assert "restoring Ray experiment" in r.stderr  # Tuner.restore of the killed experiment, not a fresh one
     finally:
         kill_marked(marker)
 

@@ -162,7 +162,9 @@ def test_a_trial_whose_worker_lacks_the_block_ends_failed_once_with_the_reason(t
     config = load_train(path).model_copy(update={"row": Row.model_construct(block="temporal_gat")})
     spec = TrialSpec(key="s/laptop/Gate/seed0", study="s", profile="laptop", row="Gate", seed=0, label="Gate",
                      config=config)
+    # outside a Ray worker: these two would otherwise start a local Ray in this process
     monkeypatch.setattr(fitting.ray, "get_runtime_context", lambda: type("C", (), {"get_node_id": lambda s: "n"})())
+    monkeypatch.setattr(fitting.ray, "get_gpu_ids", lambda: [])
     reports = []
     fitting.run_trial(spec, tmp_path / "fit", lambda metrics, **kw: reports.append(metrics), None, None)
     assert len(reports) == 1 and reports[0]["final"] == 1 and reports[0]["status"] == "FAILED"

@@ -99,7 +99,8 @@ def test_a_study_on_an_mlflow_server_is_killed_resumed_and_rebuilt(tmp_path, syn
     assert "View run" not in r.stdout, "MLflow's own link at every run's end is off"
     assert f"browse the runs: {url}/#/experiments/" in r.stdout, "the runs page is the server's"
     ui = harness(["ui", "--study", "tiny"], folder, env=env)  # the server serves its UI: nothing to start
-    assert ui.returncode == 0 and f"tiny: {url}/#/experiments/" in ui.stdout, ui.stdout + ui.stderr
+    assert ui.returncode == 0 and f"runs:    {url}/#/experiments/" in ui.stdout, ui.stdout + ui.stderr
+    assert "Ctrl-C" not in ui.stdout, "nothing was started, nothing to stop"
     assert not (folder / "work" / "mlflow.db").exists(), "nothing went to a local store"
 
     t = Tracker(url)
