@@ -30,11 +30,13 @@ tables: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy harness blocks
 
+# Two pytest workers, a test file each at a time (its module fixtures, e.g. a 2-node Ray cluster, set up once):
+# the slow tests spend much of their time waiting on subprocesses, Ray and servers, so two overlap well.
 test: typecheck
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-quick: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 profile: $(STAMP)
 	$(BIN)/harness profile studies/table1.yaml --format md
