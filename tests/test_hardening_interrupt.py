@@ -1,5 +1,7 @@
 """Ctrl-C is a pause, not a failure: a real SIGINT to the driver's process group (what a terminal's Ctrl-C
-sends), sent the moment the first epoch line appears, never after a delay.
+sends), sent the moment the first epoch line appears, never after a delay. The trials' worker processes are
+stopped (SIGSTOP) before it and continued after it, so no trial can finish between the line and the signal,
+however slow this machine is to react.
 
 Expected: exit 130, one line saying how to continue, no Ray ``Tuner.restore`` hint (Tune's own SIGINT handler
 is off: harness/tune/__init__.py), the parent run KILLED and tagged ``harness.interrupted=1``, the complete table
@@ -14,9 +16,32 @@ import uuid
 
 import pandas as pd
 import pytest
-from conftest import EPOCH_LINE, Driver, clean_env, harness, kill_marked, tracker_for, wait_for, write_study
+from pathlib import Path
+
+from conftest import (EPOCH_LINE, Driver, clean_env, harness, kill_marked, marked_pids, tracker_for, wait_for,
+                      write_study)
 
 EPOCHS = 2  # at the first epoch line no trial can have finished: the interrupted invocation adds no result
+
+
+def trial_workers(marker: str) -> list[int]:
+    """The driver's Ray worker processes (their title starts ``ray::``: the trials' actors and tasks)."""
+    workers = []
+    for pid in marked_pids(marker):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
+                workers.append(pid)
+        except OSError:
+            continue
+    return workers
+
+
+def signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def latest_parent(folder):
@@ -40,7 +65,11 @@ def test_ctrl_c_pauses_the_study_and_resume_finishes_it(tmp_path, synth_root):
         driver = Driver(["run", "tiny.yaml"], tmp_path, env, tmp_path / "interrupted.log")
         try:
             assert driver.wait_line(EPOCH_LINE), f"the driver exited before its first epoch; see {driver.log}"
+            workers = trial_workers(marker)
+            assert workers, "no Ray worker process of this driver found"
+            signal_all(workers, signal.SIGSTOP)  # the trials wait here: none finishes before the Ctrl-C
             os.killpg(driver.proc.pid, signal.SIGINT)  # the whole foreground group, as a terminal does
+            signal_all(workers, signal.SIGCONT)  # its SIGINT is pending in each: they stop, not finish
             code = driver.proc.wait(180)
         finally:
             if driver.proc.poll() is None:

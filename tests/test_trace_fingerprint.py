@@ -7,6 +7,7 @@ import os
 import shutil
 
 import pytest
+from conftest import SYNTH_ARGS
 
 from harness.cli import main
 from harness.config import Data
@@ -179,7 +180,8 @@ def run_trials(root, rows=("TSN", "TSM"), seeds=1):
     study = Study.model_validate({
         "name": "mini", "num_classes": 4,
         "profiles": {"laptop": {"backbone": {"arch": "tiny", "width": 4}, "seeds": seeds,
-                                "data": {"format": "synth", "root": str(root), "frames": 4, "size": 16}}},
+                                "data": {"format": "synth", "root": str(root), "frames": 4, "size": 16,
+                                         "synth": SYNTH_ARGS}}},  # the shared set's: never rewritten
         "rows": {r: {"block": r.lower()} for r in rows}})
     return grid.plan(study, "laptop", study.profiles["laptop"]).trials
 

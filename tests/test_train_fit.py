@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import IndexedClips
+from conftest import SYNTH_ARGS, IndexedClips
 
 import harness.data
 import harness.train as train
@@ -246,7 +246,8 @@ def test_rows_that_share_a_seed_see_the_same_clips_in_the_same_order_with_the_sa
     another seed changes both."""
     from harness.config import Data
 
-    data = Data(format="synth", root=str(data_synth_dir), frames=4, size=16, scale_size=16)
+    # the shared set's own synth parameters: other ones would make the loader rewrite it under the other tests
+    data = Data(format="synth", root=str(data_synth_dir), frames=4, size=16, scale_size=16, synth=SYNTH_ARGS)
     states = {}
     real = setup.create_model
 
