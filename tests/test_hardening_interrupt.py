@@ -21,7 +21,11 @@ from pathlib import Path
 from conftest import (EPOCH_LINE, Driver, clean_env, harness, kill_marked, marked_pids, tracker_for, wait_for,
                       write_study)
 
-EPOCHS = 2  # at the first epoch line no trial can have finished: the interrupted invocation adds no result
+# The driver prints a trial's epoch line when Tune hands it the result, which under load can be after the trial
+# ran on: with 2 epochs both trials had already finished at their first epoch line, and the Ctrl-C came after
+# Tune's loop. 10 epochs leave 9 that the workers cannot run once stopped (below), so at the signal the trials
+# still run and the interrupted invocation adds no result.
+EPOCHS = 10
 
 
 def trial_workers(marker: str) -> list[int]:
