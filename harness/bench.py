@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import platform
 import re
 import tempfile
 import time
@@ -33,6 +32,7 @@ import blocks
 
 from . import names
 from .config import Data, Profile, Row, Study, TrainConfig, load_study
+from .device import cpu_model
 from .profile import profile_row
 from .trial import TrialSpec
 
@@ -124,14 +124,6 @@ def bench_blocks(rows: dict[str, Row], *, size: int = 112, frames: int = 8, batc
         r["flops_ratio"] = r["gflops"] / base["gflops"]
         r["memory_ratio"] = r["memory_mb"] / base["memory_mb"]
     return out
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def machine() -> str:

@@ -55,22 +55,25 @@ def for_trial(gpu_ids: Sequence[object]) -> str:
     return "cuda" if len(gpu_ids) else "auto"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def describe() -> str:
     """This machine in a few words for a table's header: CPU model, cores, torch build, GPUs.
 
     Float results reproduce bit for bit on the same CPU and torch build; another CPU picks other kernels, whose
     rounding sends a short training run elsewhere (docs/reproducibility.md), so a table names its machine.
     """
-    import platform
-
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     gpu = f", {len(gpus)} x {gpus[0]}" if gpus else ""
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}{gpu}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}{gpu}"

@@ -423,7 +423,7 @@ def device_line(device: str) -> str:
     import torch
 
     if device != "cuda":
-        from .bench import cpu_model
+        from .device import cpu_model
 
         return f"cpu: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
     p = torch.cuda.get_device_properties(0)
