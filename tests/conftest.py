@@ -5,6 +5,7 @@ loaded, PyAV cannot open its VP8/VP9 encoders (see harness/data/video.py).
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -242,6 +243,13 @@ def kill_driver(proc, marker: str) -> None:
 # of the work on a fast machine and on a slow one.
 
 EPOCH_LINE = ": epoch  "  # the driver's line for each new epoch it logs to MLflow ("INFO harness.tune: epoch  TSN-seed0  1/2 ...")
+# A driver's output goes through a pipe of the least size Linux allows, read this many bytes at a time. A
+# driver held at a line (the reader stops reading) can write at most PIPE_BYTES + READ_BYTES past it, then
+# blocks in write(); Tune's loop is the driver's main thread and a trial waits in each report until the loop
+# takes it, so the trials stop within that many bytes of the driver's lines too, however slow this process is.
+PIPE_BYTES = 4096
+READ_BYTES = 256
+HELD_LEAD = PIPE_BYTES + READ_BYTES
 
 
 def wait_for(predicate, timeout: float, what: str, poll: float = 0.1) -> None:
@@ -252,29 +260,57 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.1) -> None:
 
 
 class Driver:
-    """``harness ARGS`` in its own session, its output read line by line (and copied to ``log``) as it comes."""
+    """``harness ARGS`` in its own session, its output read line by line (and copied to ``log``) as it comes.
 
-    def __init__(self, args: list[str], cwd: Path, env: dict, log: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
-        self.lines: list[str] = []
+    ``hold=(text, n)``: the reader stops at the n-th line holding ``text`` until :meth:`release`, so the
+    driver gets at most :data:`HELD_LEAD` bytes of output further (see :data:`PIPE_BYTES`).
+    """
+
+    def __init__(self, args: list[str], cwd: Path, env: dict, log: Path,
+                 hold: tuple[str, int] | None = None) -> None:
+        read_end, write_end = os.pipe()
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=env,
+                                         stdout=write_end, stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            os.close(write_end)
+        self.lines: list[str | None] = []
         self.seen = threading.Condition()
         self.log = log
-        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.hold = hold
+        self.held = threading.Event()
+        self.released = threading.Event()
+        self.reader = threading.Thread(target=self._read, args=(read_end,), daemon=True)
         self.reader.start()
 
-    def _read(self) -> None:
+    def _read(self, fd: int) -> None:
+        pending = b""
         with open(self.log, "w") as out:
-            for line in self.proc.stdout:
-                out.write(line)
-                out.flush()
-                with self.seen:
-                    self.lines.append(line)
-                    self.seen.notify_all()
+            while chunk := os.read(fd, READ_BYTES):
+                pending += chunk
+                while b"\n" in pending:
+                    raw, pending = pending.split(b"\n", 1)
+                    self._take(raw.decode(errors="replace") + "\n", out)
+            if pending:
+                self._take(pending.decode(errors="replace"), out)
+        os.close(fd)
         with self.seen:
             self.lines.append(None)  # end of output: the driver exited
             self.seen.notify_all()
+
+    def _take(self, line: str, out) -> None:
+        out.write(line)
+        out.flush()
+        with self.seen:
+            self.lines.append(line)
+            self.seen.notify_all()
+        if self.hold and self.hold[0] in line and self.count(self.hold[0]) == self.hold[1]:
+            self.held.set()
+            self.released.wait()  # the pipe fills behind this line: the driver stops within HELD_LEAD bytes
+
+    def release(self) -> None:
+        self.released.set()
 
     def count(self, text: str) -> int:
         return sum(1 for line in self.lines if line is not None and text in line)
@@ -286,14 +322,19 @@ class Driver:
             assert ok, f"timed out after {timeout:.0f} s waiting for line {n} with {text!r}; see {self.log}"
             return self.count(text) >= n
 
+    def wait_held(self, timeout: float = 300) -> bool:
+        """Block until the reader holds at its ``hold`` line; False if the driver exits first."""
+        assert self.hold, "a Driver made without hold=(text, n)"
+        return self.wait_line(*self.hold, timeout=timeout) and self.held.wait(timeout)
 
-def kill_on(driver: Driver, text: str, n: int, marker: str) -> str:
-    """SIGKILL the driver the moment its n-th line holding ``text`` appears; where the kill landed."""
-    seen = driver.wait_line(text, n)
-    with driver.seen:  # no new line is taken in while the kill is decided and sent
-        phase = "after exit" if not seen or driver.proc.poll() is not None else (
-            "trials" if driver.count(EPOCH_LINE) else "setup")
-        kill_driver(driver.proc, marker)
+
+def kill_on(driver: Driver, marker: str) -> str:
+    """SIGKILL the driver held at its ``hold`` line (see :class:`Driver`); where the kill landed."""
+    seen = driver.wait_held()
+    phase = "after exit" if not seen or driver.proc.poll() is not None else (
+        "trials" if driver.count(EPOCH_LINE) else "setup")
+    kill_driver(driver.proc, marker)
+    driver.release()
     # nothing of Ray outlives the kill (zombies have no environment, so they are not counted)
     wait_for(lambda: not kill_marked(marker), 30, "the marked processes to die", poll=0.5)
     return phase

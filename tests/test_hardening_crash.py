@@ -6,10 +6,11 @@ environment marker: Ray's GCS, raylet and workers outlive a SIGKILLed driver
 otherwise, and the next ``ray.init(address="local")`` would start beside them.
 
 Every kill is scheduled on what the driver has done, never on a delay: the
-test reads the driver's output line by line as it is written and kills the
-moment a chosen line appears (a setup step; the k-th new epoch of that
-invocation), so a kill lands at the same point of the work on a fast machine
-and on a slow one. Which setup step and which epoch come from a seeded RNG
+test reads the driver's output line by line as it is written, stops reading
+at a chosen line (a setup step; the k-th new epoch of that invocation) and
+kills there. A driver whose output is not read blocks within a few KiB
+(conftest.Driver), so a kill lands at the same point of the work on a fast
+machine and on a slow one, however late this process gets to send it. Which setup step and which epoch come from a seeded RNG
 (:data:`KILL_SEED`).
 """
 from __future__ import annotations
@@ -18,7 +19,6 @@ import json
 import os
 import random
 import signal
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -68,11 +68,12 @@ def test_driver_killed_at_random_points_resumes_to_the_uninterrupted_table(tmp_p
     try:
         for i, (text, n) in enumerate(kills):
             driver = Driver(["run", "tiny.yaml", *(["--resume"] if i else [])], killed, env,
-                            killed / f"driver-{i}.log")
+                            killed / f"driver-{i}.log", hold=(text, n))
             try:
-                landed.append(kill_on(driver, text, n, marker))
+                landed.append(kill_on(driver, marker))
             finally:
                 kill_driver(driver.proc, marker)
+                driver.release()
         assert landed == ["setup", "trials", "trials"], f"kills landed at {landed}; see {killed}/driver-*.log"
         r = harness(["run", "tiny.yaml", "--resume"], killed, env=env)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
@@ -100,6 +101,17 @@ def test_driver_killed_at_random_points_resumes_to_the_uninterrupted_table(tmp_p
 # ----------------------------------------------------------------------------- the store's creation
 
 
+def creating_bytes(db: Path) -> int:
+    """Bytes in the store being created under its temporary name (0 while there is none)."""
+    total = 0
+    for path in db.parent.glob(f".{db.name}.*.creating"):
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:  # renamed into place meanwhile
+            pass
+    return total
+
+
 def test_a_driver_killed_while_mlflow_creates_its_store_leaves_a_usable_folder(tmp_path):
     """Killed in MLflow's first migration, a store would be left half-migrated and refuse every later open
     ("table _alembic_tmp_tags already exists"); it is built under a temporary name instead."""
@@ -112,9 +124,8 @@ def test_a_driver_killed_while_mlflow_creates_its_store_leaves_a_usable_folder(t
     code = f"from harness.tracking import Tracker; Tracker('sqlite:///{db}')"
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     try:
-        wait_for(lambda: proc.poll() is not None or list(db.parent.glob(".mlflow.db.*.creating")), 120,
-                 "the store's creation", poll=0.01)
-        time.sleep(0.2)  # into the migration (~0.5-1 s here)
+        # the kill lands once the migration has written its first tables (it writes for ~0.5-1 s here)
+        wait_for(lambda: proc.poll() is not None or creating_bytes(db) > 0, 120, "the store's creation", poll=0.01)
         assert proc.poll() is None, "the store was created before it could be killed"
         os.killpg(proc.pid, signal.SIGKILL)
     finally:

@@ -1,7 +1,8 @@
 """Ctrl-C is a pause, not a failure: a real SIGINT to the driver's process group (what a terminal's Ctrl-C
-sends), sent the moment the first epoch line appears, never after a delay. The trials' worker processes are
-stopped (SIGSTOP) before it and continued after it, so no trial can finish between the line and the signal,
-however slow this machine is to react.
+sends) while its trials run, scheduled on the driver's first epoch line, never on a delay. The test stops
+reading the driver's output at that line, so the driver blocks within a few KiB of output, and with it Tune's
+loop and the trials (conftest.Driver); the trials are long enough that none can finish in those bytes, so the
+signal lands while they run on a fast machine and on a slow one, however late this process gets to send it.
 
 Expected: exit 130, one line saying how to continue, no Ray ``Tuner.restore`` hint (Tune's own SIGINT handler
 is off: harness/tune/__init__.py), the parent run KILLED and tagged ``harness.interrupted=1``, the complete table
@@ -16,36 +17,15 @@ import uuid
 
 import pandas as pd
 import pytest
-from pathlib import Path
 
-from conftest import (EPOCH_LINE, Driver, clean_env, harness, kill_marked, marked_pids, tracker_for, wait_for,
-                      write_study)
+from conftest import EPOCH_LINE, HELD_LEAD, Driver, clean_env, harness, kill_marked, tracker_for, wait_for, write_study
 
-# The driver prints a trial's epoch line when Tune hands it the result, which under load can be after the trial
-# ran on: with 2 epochs both trials had already finished at their first epoch line, and the Ctrl-C came after
-# Tune's loop. 10 epochs leave 9 that the workers cannot run once stopped (below), so at the signal the trials
-# still run and the interrupted invocation adds no result.
-EPOCHS = 10
-
-
-def trial_workers(marker: str) -> list[int]:
-    """The driver's Ray worker processes (their title starts ``ray::``: the trials' actors and tasks)."""
-    workers = []
-    for pid in marked_pids(marker):
-        try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
-                workers.append(pid)
-        except OSError:
-            continue
-    return workers
-
-
-def signal_all(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+# A trial waits in each report until Tune's loop takes it (synchronous reporting), so it runs at most a
+# report or two ahead of the driver's epoch lines: after the line the test holds at, a trial needs about
+# EPOCHS - 1 more of them to finish, more bytes than a held driver can write (checked below on the lines of
+# the first run). With 2 epochs, or 10, both trials had finished under load before the Ctrl-C arrived.
+EPOCHS = 48
+AHEAD = 2
 
 
 def latest_parent(folder):
@@ -62,20 +42,20 @@ def test_ctrl_c_pauses_the_study_and_resume_finishes_it(tmp_path, synth_root):
     try:
         r = harness(["run", "tiny.yaml"], tmp_path, env=env)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        epoch_lines = [line for line in (r.stdout + r.stderr).splitlines() if EPOCH_LINE in line]
+        assert (EPOCHS - 1 - AHEAD) * min(len(line) + 1 for line in epoch_lines) > HELD_LEAD, "raise EPOCHS"
         results = tmp_path / "results"
         before = {p.name: p.read_bytes() for p in results.iterdir()}
         assert "tiny.md" in before and "tiny.csv" in before
 
-        driver = Driver(["run", "tiny.yaml"], tmp_path, env, tmp_path / "interrupted.log")
+        driver = Driver(["run", "tiny.yaml"], tmp_path, env, tmp_path / "interrupted.log", hold=(EPOCH_LINE, 1))
         try:
-            assert driver.wait_line(EPOCH_LINE), f"the driver exited before its first epoch; see {driver.log}"
-            workers = trial_workers(marker)
-            assert workers, "no Ray worker process of this driver found"
-            signal_all(workers, signal.SIGSTOP)  # the trials wait here: none finishes before the Ctrl-C
+            assert driver.wait_held(), f"the driver exited before its first epoch; see {driver.log}"
             os.killpg(driver.proc.pid, signal.SIGINT)  # the whole foreground group, as a terminal does
-            signal_all(workers, signal.SIGCONT)  # its SIGINT is pending in each: they stop, not finish
+            driver.release()
             code = driver.proc.wait(180)
         finally:
+            driver.release()
             if driver.proc.poll() is None:
                 os.killpg(driver.proc.pid, signal.SIGKILL)
                 driver.proc.wait(30)

@@ -84,8 +84,8 @@ def test_study_on_two_nodes_with_storage_outside_work_survives_a_killed_driver(c
     marker = uuid.uuid4().hex
     env = clean_env(HARNESS_TEST_MARKER=marker)  # the driver only: the cluster's own processes are not marked
     try:
-        driver = Driver(args, folder, env, folder / "driver-0.log")
-        assert kill_on(driver, EPOCH_LINE, 1, marker) == "trials", f"see {driver.log}"
+        driver = Driver(args, folder, env, folder / "driver-0.log", hold=(EPOCH_LINE, 1))
+        assert kill_on(driver, marker) == "trials", f"see {driver.log}"
         r = harness([*args, "--resume"], folder, env=env)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     finally:

@@ -90,8 +90,8 @@ def test_a_study_on_an_mlflow_server_is_killed_resumed_and_rebuilt(tmp_path, syn
     marker = uuid.uuid4().hex
     env = clean_env(HARNESS_TEST_MARKER=marker, MLFLOW_TRACKING_URI=url)
     try:
-        driver = Driver(["run", "tiny.yaml"], folder, env, folder / "driver-0.log")
-        assert kill_on(driver, EPOCH_LINE, 1, marker) == "trials", f"see {driver.log}"
+        driver = Driver(["run", "tiny.yaml"], folder, env, folder / "driver-0.log", hold=(EPOCH_LINE, 1))
+        assert kill_on(driver, marker) == "trials", f"see {driver.log}"
         r = harness(["run", "tiny.yaml", "--resume"], folder, env=env)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     finally:
