@@ -250,6 +250,12 @@ EPOCH_LINE = ": epoch  "  # the driver's line for each new epoch it logs to MLfl
 PIPE_BYTES = 4096
 READ_BYTES = 256
 HELD_LEAD = PIPE_BYTES + READ_BYTES
+# `python -m harness.cli` with Ctrl-C as a terminal's foreground job has it. A signal ignored at exec stays
+# ignored, and a suite started as `nohup make test &` hands every child SIGINT ignored: the driver would then
+# run through a Ctrl-C and exit 0 (seen here). Python installs its KeyboardInterrupt handler only where SIGINT
+# is not ignored at start-up, so the driver's first statement installs it.
+HARNESS_CLI = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "runpy.run_module('harness.cli', run_name='__main__', alter_sys=True)")
 
 
 def wait_for(predicate, timeout: float, what: str, poll: float = 0.1) -> None:
@@ -271,7 +277,7 @@ class Driver:
         read_end, write_end = os.pipe()
         fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=env,
+            self.proc = subprocess.Popen([sys.executable, "-c", HARNESS_CLI, *args], cwd=cwd, env=env,
                                          stdout=write_end, stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             os.close(write_end)
