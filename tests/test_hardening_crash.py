@@ -10,8 +10,8 @@ test reads the driver's output line by line as it is written, stops reading
 at a chosen line (a setup step; the k-th new epoch of that invocation) and
 kills there. A driver whose output is not read blocks within a few KiB
 (conftest.Driver), so a kill lands at the same point of the work on a fast
-machine and on a slow one, however late this process gets to send it. Which setup step and which epoch come from a seeded RNG
-(:data:`KILL_SEED`).
+machine and on a slow one, however late this process gets to send it.
+Which setup step and which epoch come from a seeded RNG (:data:`KILL_SEED`).
 """
 from __future__ import annotations
 

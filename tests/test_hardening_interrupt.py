@@ -23,7 +23,7 @@ from conftest import EPOCH_LINE, HELD_LEAD, Driver, clean_env, harness, kill_mar
 # A trial waits in each report until Tune's loop takes it (synchronous reporting), so it runs at most a
 # report or two ahead of the driver's epoch lines: after the line the test holds at, a trial needs about
 # EPOCHS - 1 more of them to finish, more bytes than a held driver can write (checked below on the lines of
-# the first run). With 2 epochs, or 10, both trials had finished under load before the Ctrl-C arrived.
+# the first run). With fewer, a held driver could still finish its trials before the Ctrl-C lands.
 EPOCHS = 48
 AHEAD = 2
 
